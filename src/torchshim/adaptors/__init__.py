@@ -1,0 +1,65 @@
+"""Adaptors behind one ``CompilerInterface``: eager, Inductor (FX graph cache) and Inductor
+standalone (``standalone_compile``). They call only the facade and branch only on capabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchshim.adaptors.base import (
+    CACHE_FORMAT_VERSION,
+    CompiledCallable,
+    CompilerInterface,
+    EagerHandle,
+    Handle,
+    InductorHandle,
+    StandaloneHandle,
+    handle_from_json,
+    parameter_constants,
+)
+from torchshim.adaptors.eager import EagerAdaptor
+from torchshim.adaptors.inductor import InductorAdaptor
+from torchshim.adaptors.standalone import InductorStandaloneAdaptor
+from torchshim.errors import UnknownAdaptorError
+from torchshim.shims import capabilities
+
+__all__ = [
+    "ADAPTOR_NAMES",
+    "CACHE_FORMAT_VERSION",
+    "CompiledCallable",
+    "CompilerInterface",
+    "EagerAdaptor",
+    "EagerHandle",
+    "Handle",
+    "InductorAdaptor",
+    "InductorHandle",
+    "InductorStandaloneAdaptor",
+    "StandaloneHandle",
+    "handle_from_json",
+    "make_adaptor",
+    "parameter_constants",
+]
+
+ADAPTOR_NAMES = ("eager", "inductor", "inductor_standalone", "auto")
+
+
+def make_adaptor(name: str, **kwargs: Any) -> CompilerInterface:
+    """``"eager"``, ``"inductor"``, ``"inductor_standalone"`` (torch 2.8+; raises
+    :class:`CapabilityUnavailable` elsewhere) or ``"auto"`` (standalone where the installed torch
+    has it, else inductor). ``kwargs`` go to the adaptor (``artifact_format`` for standalone)."""
+    if name == "auto":
+        name = (
+            "inductor_standalone"
+            if "supports_standalone_compile" in capabilities()
+            else "inductor"
+        )
+        if name == "inductor":
+            kwargs.pop("artifact_format", None)
+    if name == "eager":
+        return EagerAdaptor(**kwargs)
+    if name == "inductor":
+        return InductorAdaptor(**kwargs)
+    if name == "inductor_standalone":
+        return InductorStandaloneAdaptor(**kwargs)
+    raise UnknownAdaptorError(
+        f"unknown adaptor {name!r}; choose one of {', '.join(ADAPTOR_NAMES)}"
+    )

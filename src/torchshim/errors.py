@@ -1,0 +1,101 @@
+"""Every error torchshim raises. Messages say what was wrong, what was found, what is supported and
+what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "AdaptorConfigError",
+    "ArtifactMissingError",
+    "ArtifactUnreadableError",
+    "CacheDirError",
+    "CapabilityUnavailable",
+    "ForeignHandleError",
+    "HandleFormatError",
+    "LoadError",
+    "PatchTargetMissing",
+    "TorchShimError",
+    "TorchVersionParseError",
+    "UnknownAdaptorError",
+    "UnsupportedGraphError",
+    "UnsupportedTorchVersion",
+]
+
+
+class TorchShimError(Exception):
+    """Base class of every error torchshim raises on purpose."""
+
+
+class TorchVersionParseError(TorchShimError, ValueError):
+    """A torch version string could not be turned into a series."""
+
+
+class UnsupportedTorchVersion(TorchShimError, RuntimeError):
+    """The installed torch belongs to a series torchshim has no shim for."""
+
+    def __init__(self, found: str, series: str, supported: Iterable[str]) -> None:
+        listed = ", ".join(supported)
+        super().__init__(
+            f"torch {found} (series {series}) is not supported by this torchshim; supported series: "
+            f"{listed}. Install a supported torch (e.g. `pip install 'torch>=2.5,<2.16'`), or upgrade "
+            "torchshim. To try the newest shim on a newer, untested torch anyway, set "
+            "TORCHSHIM_ALLOW_UNTESTED=1 (older series are never allowed)."
+        )
+        self.found = found
+        self.series = series
+
+
+class CapabilityUnavailable(TorchShimError, RuntimeError):
+    """A capability was asked for explicitly but the installed torch does not provide it."""
+
+    def __init__(self, capability: str, found: str, providing: Iterable[str], hint: str = "") -> None:
+        series = ", ".join(providing) or "no supported series"
+        msg = (
+            f"'{capability}' is not available with torch {found}; it is provided by torch series "
+            f"{series}."
+        )
+        if hint:
+            msg += " " + hint
+        super().__init__(msg)
+        self.capability = capability
+
+
+class PatchTargetMissing(TorchShimError, AttributeError):
+    """A scoped patch was asked to replace an attribute that does not exist (the hook moved)."""
+
+
+class UnknownAdaptorError(TorchShimError, ValueError):
+    """make_adaptor() was given a name it does not know."""
+
+
+class AdaptorConfigError(TorchShimError, ValueError):
+    """An adaptor was used wrongly (e.g. compile before initialize_cache, bad arguments)."""
+
+
+class CacheDirError(TorchShimError, OSError):
+    """A cache directory cannot be used (not a directory, not writable, ...)."""
+
+
+class UnsupportedGraphError(TorchShimError, ValueError):
+    """A graph has a form an adaptor cannot compile or persist faithfully."""
+
+
+class LoadError(TorchShimError):
+    """A handle cannot be honoured. Callers treat every LoadError as a cache miss and recompile."""
+
+
+class HandleFormatError(LoadError, ValueError):
+    """A handle's serialised form is malformed."""
+
+
+class ForeignHandleError(LoadError):
+    """A handle was written by another adaptor, torch build or cache format version."""
+
+
+class ArtifactMissingError(LoadError, FileNotFoundError):
+    """The artifact a handle points at is not in the cache (deleted, pruned or never copied)."""
+
+
+class ArtifactUnreadableError(LoadError):
+    """The artifact exists but cannot be read or loaded (truncated, corrupt, unreadable)."""

@@ -1,0 +1,76 @@
+"""Helpers shared by the shim modules. Pure Python: nothing here imports torch."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["config_patch_existing", "stable_digest", "stable_json", "walk_module_file"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=repr)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    if callable(value):
+        module = getattr(value, "__module__", None) or "?"
+        name = getattr(value, "__qualname__", None) or type(value).__qualname__
+        return f"<callable {module}.{name}>"
+    # Objects whose repr carries a memory address would make the digest differ per process.
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def stable_json(value: Any) -> str:
+    """A canonical JSON text for config-like values, identical across processes."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
+
+
+def stable_digest(value: Any) -> str:
+    """sha256 of :func:`stable_json`."""
+    return hashlib.sha256(stable_json(value).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def config_patch_existing(config: Any, values: dict[str, Any]) -> Iterator[None]:
+    """``config.patch(...)`` limited to the keys this torch has; a torch without a key simply lacks
+    the feature the key would switch (the caller documents which series have which key)."""
+    present = {key: val for key, val in values.items() if hasattr(config, key)}
+    with config.patch(present):
+        yield
+
+
+def walk_module_file(fn: Any, depth: int = 3) -> str | None:
+    """The file of the generated module behind Inductor's ``current_callable``.
+
+    ``current_callable`` is a plain function up to torch 2.8 and a bound method from 2.9; the
+    generated ``call`` may also sit in a closure. Returns ``None`` when no ``.py`` file is found.
+    """
+    seen: set[int] = set()
+
+    def visit(obj: Any, level: int) -> str | None:
+        if obj is None or id(obj) in seen or level < 0:
+            return None
+        seen.add(id(obj))
+        target: Callable[..., Any] | Any = getattr(obj, "__func__", obj)
+        code = getattr(target, "__code__", None)
+        filename = getattr(code, "co_filename", None)
+        if isinstance(filename, str) and filename.endswith(".py") and "/torch/" not in filename:
+            return filename
+        for cell in getattr(target, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):
+                found = visit(cell.cell_contents, level - 1)
+                if found:
+                    return found
+        return None
+
+    return visit(fn, depth)

@@ -1,0 +1,249 @@
+"""Shim for torch 2.5.
+
+The base of the chain: later modules re-export what did not change and override what did.
+Torch's private modules are imported inside the functions, so this module imports under any torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from torchshim._patching import patch_attr
+from torchshim.shims._common import config_patch_existing, stable_digest, stable_json
+from torchshim.shims._common import walk_module_file as _walk_module_file
+from torchshim.shims._protocol import FxCapture
+
+FIRST_SERIES: tuple[int, int] = (2, 5)
+
+CAPABILITIES: frozenset[str] = frozenset(
+    {
+        "supports_inductor_fx_cache",
+        "supports_cache_key_capture",
+    }
+)
+
+PATCH_TARGETS: tuple[str, ...] = (
+    "torch._inductor.codecache.compiled_fx_graph_hash",
+    "torch._inductor.codecache.FxGraphCache._get_shape_env",
+    "torch._inductor.codecache.FxGraphCache._check_can_cache",
+)
+
+
+class AlwaysHitShapeEnv:
+    """Stand-in for ``ShapeEnv`` during FX-graph-cache look-ups outside a Dynamo trace.
+
+    Every guard passes: the caller (the adaptor) has already chosen the entry by key, and the
+    entry was compiled for exactly the shapes it will be called with. Carries every attribute
+    torch 2.5 - 2.10 reads while hashing, saving and looking up a graph.
+    """
+
+    def __init__(self) -> None:
+        self.guards: list[Any] = []
+
+    def evaluate_guards_expression(self, *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    def get_pruned_guards(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+    def produce_guards_expression(self, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+
+def _make_shape_env() -> Any:
+    return AlwaysHitShapeEnv()
+
+
+def _fx_graph_cache() -> Any:
+    from torch._inductor.codecache import FxGraphCache
+
+    return FxGraphCache
+
+
+# --- FX graph cache -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def compiled_fx_graph_hash_hook() -> Iterator[list[str]]:
+    import torch._inductor.codecache as codecache
+
+    seen: list[str] = []
+    original = codecache.compiled_fx_graph_hash
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        # (key, debug_lines) on every series 2.5 - 2.15
+        key = out[0] if isinstance(out, tuple) else out
+        if isinstance(key, str):
+            seen.append(key)
+        return out
+
+    with patch_attr(codecache, "compiled_fx_graph_hash", hooked):
+        yield seen
+
+
+@contextlib.contextmanager
+def capture_fx_compilation() -> Iterator[FxCapture]:
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    def inner_compile(gm: Any, example_inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        out = compile_fx_inner(gm, example_inputs, *args, **kwargs)
+        key = getattr(out, "_fx_graph_cache_key", None)
+        if isinstance(key, str):
+            capture.keys.append(key)
+        else:
+            capture.uncacheable += 1
+        path = _walk_module_file(getattr(out, "current_callable", None))
+        if path:
+            capture.module_paths.append(path)
+        return out
+
+    capture = FxCapture(inner_compile=inner_compile)
+    with compiled_fx_graph_hash_hook() as hashed:
+        capture.hashed = hashed
+        yield capture
+
+
+@contextlib.contextmanager
+def shape_env_stand_in() -> Iterator[None]:
+    stand_in = _make_shape_env()
+    with patch_attr(_fx_graph_cache(), "_get_shape_env", staticmethod(lambda: stand_in)):
+        yield
+
+
+def _accept_any(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def force_cacheable() -> Iterator[None]:
+    with patch_attr(_fx_graph_cache(), "_check_can_cache", staticmethod(_accept_any)):
+        yield
+
+
+@contextlib.contextmanager
+def metrics_context() -> Iterator[None]:
+    # torch 2.5 has no Dynamo metrics context (get_metrics_context appears in 2.6).
+    yield
+
+
+@contextlib.contextmanager
+def remote_caches_off() -> Iterator[None]:
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_off = {
+        "fx_graph_remote_cache": False,
+        "autotune_remote_cache": False,  # key exists on 2.5 - 2.15
+        "bundled_autotune_remote_cache": False,  # key exists from 2.6
+    }
+    with (
+        config_patch_existing(inductor_config, inductor_off),
+        # enable_remote_autograd_cache exists from torch 2.6
+        config_patch_existing(functorch_config, {"enable_remote_autograd_cache": False}),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def autograd_cache_off() -> Iterator[None]:
+    import torch._functorch.config as functorch_config
+
+    # torch >= 2.7 turns the AOTAutograd cache on by default; a hit there skips compile_fx_inner,
+    # so no FX-graph-cache key would be captured.
+    with config_patch_existing(functorch_config, {"enable_autograd_cache": False}):
+        yield
+
+
+def compile_fx(
+    graph: Any,
+    example_inputs: Sequence[Any],
+    config_patches: dict[str, Any],
+    inner_compile: Callable[..., Any],
+) -> Callable[..., Any]:
+    from torch._inductor.compile_fx import compile_fx as _compile_fx
+
+    out = _compile_fx(
+        graph, list(example_inputs), inner_compile=inner_compile, config_patches=config_patches
+    )
+    if not callable(out):
+        raise TypeError(f"compile_fx returned a {type(out).__name__}, not a callable")
+    return out
+
+
+def lookup_fx_graph(
+    key: str, example_inputs: Sequence[Any], graph: Any
+) -> Callable[[list[Any]], Any] | None:
+    # torch 2.5: _lookup_graph(key, example_inputs, local, remote_cache) -> graph | None
+    found = _fx_graph_cache()._lookup_graph(key, list(example_inputs), True, None)
+    return found if found is not None else None
+
+
+def graph_returns_tuple(graph: Any) -> bool:
+    from torch._inductor.compile_fx import graph_returns_tuple as _returns_tuple
+
+    return bool(_returns_tuple(graph))
+
+
+# --- standalone_compile: absent before torch 2.8 -------------------------------------------------
+
+
+def in_tracing_context() -> bool:
+    from torch._guards import TracingContext
+
+    return TracingContext.try_get() is not None
+
+
+def _no_standalone() -> NotImplementedError:
+    return NotImplementedError(
+        "standalone_compile exists from torch 2.8; the registry routes capability checks so this "
+        "is never reached through the facade"
+    )
+
+
+def standalone_compile(
+    graph: Any, example_inputs: Sequence[Any], dynamic_shapes: str, config_patches: dict[str, Any]
+) -> Any:
+    raise _no_standalone()
+
+
+def save_compiled_artifact(artifact: Any, path: str, fmt: str) -> None:
+    raise _no_standalone()
+
+
+def load_compiled_artifact(path: str, fmt: str) -> Any:
+    raise _no_standalone()
+
+
+# --- factors, counters, warm-up -------------------------------------------------------------------
+
+
+def hash_factors() -> dict[str, str]:
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+    from torch._inductor.codecache import CacheBase, torch_key
+
+    return {
+        "system": stable_json(CacheBase.get_system()),
+        "torch_key": torch_key().hex(),
+        "inductor_config": stable_digest(inductor_config.save_config_portable()),
+        "functorch_config": stable_digest(functorch_config.save_config_portable()),
+    }
+
+
+def compile_counters() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    flat: dict[str, int] = {}
+    for group, counter in counters.items():
+        for name, count in counter.items():
+            flat[f"{group}.{name}"] = int(count)
+    return flat
+
+
+def warm_up_cpu() -> None:
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    pick_vec_isa()

@@ -1,0 +1,86 @@
+"""Shim for torch 2.6 and 2.7.
+
+What changed from 2.5: ``FxGraphCache._lookup_graph`` takes a required ``constants`` argument and
+returns ``(graph, cache_info)``; Dynamo has a metrics context. (2.7 turns the AOTAutograd cache on by
+default; ``autograd_cache_off`` already handles that by probing the config key.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from torchshim.shims.torch_2_05 import (
+    CAPABILITIES as _CAPABILITIES_2_05,
+)
+from torchshim.shims.torch_2_05 import (
+    PATCH_TARGETS,
+    AlwaysHitShapeEnv,
+    _fx_graph_cache,
+    autograd_cache_off,
+    capture_fx_compilation,
+    compile_counters,
+    compile_fx,
+    compiled_fx_graph_hash_hook,
+    force_cacheable,
+    graph_returns_tuple,
+    hash_factors,
+    in_tracing_context,
+    load_compiled_artifact,
+    remote_caches_off,
+    save_compiled_artifact,
+    shape_env_stand_in,
+    standalone_compile,
+    warm_up_cpu,
+)
+
+__all__ = [
+    "CAPABILITIES",
+    "FIRST_SERIES",
+    "PATCH_TARGETS",
+    "AlwaysHitShapeEnv",
+    "autograd_cache_off",
+    "capture_fx_compilation",
+    "compile_counters",
+    "compile_fx",
+    "compiled_fx_graph_hash_hook",
+    "force_cacheable",
+    "graph_returns_tuple",
+    "hash_factors",
+    "in_tracing_context",
+    "load_compiled_artifact",
+    "lookup_fx_graph",
+    "metrics_context",
+    "remote_caches_off",
+    "save_compiled_artifact",
+    "shape_env_stand_in",
+    "standalone_compile",
+    "warm_up_cpu",
+]
+
+FIRST_SERIES: tuple[int, int] = (2, 6)
+
+CAPABILITIES: frozenset[str] = _CAPABILITIES_2_05 | {"supports_metrics_context"}
+
+
+@contextlib.contextmanager
+def metrics_context() -> Iterator[None]:
+    # torch >= 2.6: compile_fx records into Dynamo's metrics context when one is open.
+    from torch._dynamo.utils import get_metrics_context
+
+    with get_metrics_context():
+        yield
+
+
+def lookup_fx_graph(
+    key: str, example_inputs: Sequence[Any], graph: Any
+) -> Callable[[list[Any]], Any] | None:
+    # torch >= 2.6: _lookup_graph(key, example_inputs, local, remote_cache, constants)
+    #               -> (graph | None, cache_info)
+    from torch._inductor.output_code import CompiledFxGraphConstantsWithGm
+
+    found, _info = _fx_graph_cache()._lookup_graph(
+        key, list(example_inputs), True, None, CompiledFxGraphConstantsWithGm(graph)
+    )
+    return found if found is not None else None

@@ -1,0 +1,118 @@
+"""Shim for torch 2.8.
+
+What changed from 2.6/2.7: ``AOTAutogradCache`` inherits ``_get_shape_env`` from ``GuardedCache``
+(so the stand-in must cover it too), and ``standalone_compile`` / ``CompiledArtifact`` appear.
+``dynamic_shapes="from_graph"`` fails on 2.8.0 for single-output graphs and works from 2.9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from torchshim._patching import patch_attr
+from torchshim.shims.torch_2_05 import _make_shape_env
+from torchshim.shims.torch_2_06 import (
+    CAPABILITIES as _CAPABILITIES_2_06,
+)
+from torchshim.shims.torch_2_06 import (
+    PATCH_TARGETS as _PATCH_TARGETS_2_06,
+)
+from torchshim.shims.torch_2_06 import (
+    AlwaysHitShapeEnv,
+    _fx_graph_cache,
+    autograd_cache_off,
+    capture_fx_compilation,
+    compile_counters,
+    compile_fx,
+    compiled_fx_graph_hash_hook,
+    force_cacheable,
+    graph_returns_tuple,
+    hash_factors,
+    in_tracing_context,
+    lookup_fx_graph,
+    metrics_context,
+    remote_caches_off,
+    warm_up_cpu,
+)
+
+__all__ = [
+    "CAPABILITIES",
+    "FIRST_SERIES",
+    "PATCH_TARGETS",
+    "AlwaysHitShapeEnv",
+    "autograd_cache_off",
+    "capture_fx_compilation",
+    "compile_counters",
+    "compile_fx",
+    "compiled_fx_graph_hash_hook",
+    "force_cacheable",
+    "graph_returns_tuple",
+    "hash_factors",
+    "in_tracing_context",
+    "load_compiled_artifact",
+    "lookup_fx_graph",
+    "metrics_context",
+    "remote_caches_off",
+    "save_compiled_artifact",
+    "shape_env_stand_in",
+    "standalone_compile",
+    "warm_up_cpu",
+]
+
+FIRST_SERIES: tuple[int, int] = (2, 8)
+
+CAPABILITIES: frozenset[str] = _CAPABILITIES_2_06 | {
+    "supports_standalone_compile",
+    "supports_standalone_binary_format",
+    "supports_standalone_unpacked_format",
+}
+
+PATCH_TARGETS: tuple[str, ...] = (
+    *_PATCH_TARGETS_2_06,
+    "torch._functorch._aot_autograd.autograd_cache.AOTAutogradCache._get_shape_env",
+)
+
+
+def _aot_autograd_cache() -> Any:
+    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCache
+
+    return AOTAutogradCache
+
+
+@contextlib.contextmanager
+def shape_env_stand_in() -> Iterator[None]:
+    stand_in = _make_shape_env()
+    getter = staticmethod(lambda: stand_in)
+    with (
+        patch_attr(_fx_graph_cache(), "_get_shape_env", getter),
+        # torch >= 2.8: AOTAutogradCache inherits _get_shape_env from GuardedCache
+        patch_attr(_aot_autograd_cache(), "_get_shape_env", getter),
+    ):
+        yield
+
+
+def standalone_compile(
+    graph: Any, example_inputs: Sequence[Any], dynamic_shapes: str, config_patches: dict[str, Any]
+) -> Any:
+    # The function, not torch._inductor.standalone_compile: importing the submodule of the same name
+    # rebinds that package attribute to the module.
+    from torch._inductor.standalone_compile import standalone_compile as _standalone_compile
+
+    return _standalone_compile(
+        graph,
+        list(example_inputs),
+        dynamic_shapes=dynamic_shapes,  # type: ignore[arg-type]
+        options={"config_patches": dict(config_patches)},
+    )
+
+
+def save_compiled_artifact(artifact: Any, path: str, fmt: str) -> None:
+    artifact.save(path=path, format=fmt)
+
+
+def load_compiled_artifact(path: str, fmt: str) -> Any:
+    from torch._inductor.standalone_compile import CompiledArtifact
+
+    return CompiledArtifact.load(path=path, format=fmt)  # type: ignore[arg-type]

@@ -1,0 +1,184 @@
+"""The adaptor contract without compiling: handles, cache directories, errors, selection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchshim
+from torchshim.adaptors import (
+    CACHE_FORMAT_VERSION,
+    InductorHandle,
+    StandaloneHandle,
+    handle_from_json,
+    make_adaptor,
+)
+
+HAS_STANDALONE = "supports_standalone_compile" in torchshim.capabilities()
+
+
+def test_handles_round_trip_through_json() -> None:
+    h = InductorHandle("inductor", CACHE_FORMAT_VERSION, "abc", 8, key="fkey", module_path="x/y.py")
+    assert handle_from_json(h.to_json()) == h
+    s = StandaloneHandle("inductor_standalone", CACHE_FORMAT_VERSION, "abc", None, "m/a.bin", "binary")
+    assert StandaloneHandle.from_json(s.to_json()) == s
+    with pytest.raises(AttributeError):
+        s.path = "elsewhere"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        json.dumps({"kind": "mystery"}),
+        json.dumps({"kind": "inductor", "adaptor": "inductor"}),
+        json.dumps(
+            {"kind": "inductor_standalone", "adaptor": "inductor_standalone", "format_version": 1,
+             "compiler_hash": "h", "runtime_shape": None, "path": "/abs/a.bin",
+             "artifact_format": "binary"}
+        ),
+        json.dumps(
+            {"kind": "inductor_standalone", "adaptor": "inductor_standalone", "format_version": 1,
+             "compiler_hash": "h", "runtime_shape": None, "path": "../out.bin",
+             "artifact_format": "binary"}
+        ),
+    ],
+)
+def test_malformed_handles_are_typed_load_errors(text: str) -> None:
+    with pytest.raises(torchshim.HandleFormatError):
+        handle_from_json(text)
+    assert issubclass(torchshim.HandleFormatError, torchshim.LoadError)
+
+
+def test_prefix_sets_the_shared_base_and_close_restores_environment(tmp_path: Path) -> None:
+    before = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    with make_adaptor("inductor") as adaptor:
+        adaptor.initialize_cache(tmp_path / "backbone", prefix="backbone")
+        assert adaptor.base_cache_dir == tmp_path
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+        assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+        # a second part of the same model shares the base
+        with make_adaptor("inductor") as head:
+            head.initialize_cache(tmp_path / "head", prefix="head")
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    after = {k: os.environ.get(k) for k in before}
+    assert after == before
+
+
+def test_two_bases_at_once_are_refused(tmp_path: Path) -> None:
+    with make_adaptor("inductor") as one, make_adaptor("inductor") as two:
+        one.initialize_cache(tmp_path / "a")
+        with pytest.raises(torchshim.AdaptorConfigError, match="Close the other adaptor"):
+            two.initialize_cache(tmp_path / "b")
+
+
+def test_prefix_must_match_cache_dir(tmp_path: Path) -> None:
+    with make_adaptor("inductor") as adaptor, pytest.raises(torchshim.AdaptorConfigError):
+        adaptor.initialize_cache(tmp_path / "backbone", prefix="head")
+
+
+def test_unusable_cache_dir_is_a_typed_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with make_adaptor("inductor") as adaptor, pytest.raises(torchshim.CacheDirError, match="writable"):
+        adaptor.initialize_cache(blocker / "cache")
+
+
+def test_compile_before_initialize_cache_is_refused() -> None:
+    gm = torch.fx.symbolic_trace(lambda x: x + 1)
+    with make_adaptor("inductor") as adaptor, pytest.raises(torchshim.AdaptorConfigError):
+        adaptor.compile(gm, [torch.ones(2)], {})
+
+
+def test_unknown_adaptor_name() -> None:
+    with pytest.raises(torchshim.UnknownAdaptorError, match="inductor_standalone"):
+        make_adaptor("tensorrt")
+
+
+def test_auto_picks_standalone_where_torch_has_it() -> None:
+    adaptor = make_adaptor("auto")
+    assert adaptor.name == ("inductor_standalone" if HAS_STANDALONE else "inductor")
+
+
+@pytest.mark.skipif(HAS_STANDALONE, reason="this torch has standalone_compile")
+def test_standalone_on_old_torch_names_the_series_that_have_it() -> None:
+    with pytest.raises(torchshim.CapabilityUnavailable) as err:
+        make_adaptor("inductor_standalone")
+    assert "2.8" in str(err.value) and "2.15" in str(err.value)
+
+
+def test_foreign_handles_are_rejected_as_misses(tmp_path: Path) -> None:
+    gm = torch.fx.symbolic_trace(lambda x: x + 1)
+    with make_adaptor("inductor") as adaptor:
+        adaptor.initialize_cache(tmp_path)
+        good_hash = adaptor.compute_hash()
+        cases = [
+            InductorHandle("eager", CACHE_FORMAT_VERSION, good_hash, None, key="k"),
+            InductorHandle("inductor", CACHE_FORMAT_VERSION + 1, good_hash, None, key="k"),
+            InductorHandle("inductor", CACHE_FORMAT_VERSION, "other-torch", None, key="k"),
+        ]
+        for handle in cases:
+            with pytest.raises(torchshim.ForeignHandleError):
+                adaptor.load(handle, gm, [torch.ones(2)], 0)
+        missing = InductorHandle("inductor", CACHE_FORMAT_VERSION, good_hash, None, key="fnope")
+        with pytest.raises(torchshim.ArtifactMissingError, match="recompile"):
+            adaptor.load(missing, gm, [torch.ones(2)], 0)
+
+
+@pytest.mark.skipif(not HAS_STANDALONE, reason="standalone_compile needs torch >= 2.8")
+def test_missing_and_corrupt_standalone_artifacts_are_misses(tmp_path: Path) -> None:
+    gm = torch.fx.symbolic_trace(lambda x: x + 1)
+    with make_adaptor("inductor_standalone") as adaptor:
+        adaptor.initialize_cache(tmp_path)
+        h = adaptor.compute_hash()
+        gone = StandaloneHandle("inductor_standalone", CACHE_FORMAT_VERSION, h, None, "a.bin", "binary")
+        with pytest.raises(torchshim.ArtifactMissingError):
+            adaptor.load(gone, gm, [torch.ones(2)], 0)
+        (tmp_path / "bad.bin").write_bytes(b"\x00garbage" * 10)
+        bad = StandaloneHandle("inductor_standalone", CACHE_FORMAT_VERSION, h, None, "bad.bin", "binary")
+        with pytest.raises(torchshim.ArtifactUnreadableError):
+            adaptor.load(bad, gm, [torch.ones(2)], 0)
+
+
+def test_compute_hash_factors_cover_the_compiler(tmp_path: Path) -> None:
+    adaptor = make_adaptor("inductor")
+    factors = adaptor.compute_hash_factors()
+    for key in ("system", "torch_key", "inductor_config", "functorch_config", "shim",
+                "cache_format_version", "torch_series"):
+        assert factors[key], key
+    assert adaptor.compute_hash() == adaptor.compute_hash()
+    assert len(adaptor.compute_hash()) == 20
+
+
+class WithParams(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).relu()
+
+
+@pytest.mark.parametrize("name", ["inductor", "auto"])
+def test_parameters_as_constants_are_rejected_up_front(tmp_path: Path, name: str) -> None:
+    gm = torch.fx.symbolic_trace(WithParams())
+    with make_adaptor(name) as adaptor:
+        adaptor.initialize_cache(tmp_path)
+        with pytest.raises(torchshim.UnsupportedGraphError, match="Lift them to inputs"):
+            adaptor.compile(gm, [torch.ones(2, 4)], {})
+
+
+def test_eager_supports_parameter_constants(tmp_path: Path) -> None:
+    module = WithParams()
+    gm = torch.fx.symbolic_trace(module)
+    with make_adaptor("eager") as adaptor:
+        adaptor.initialize_cache(tmp_path)
+        fn, handle = adaptor.compile(gm, [torch.ones(2, 4)], {})
+        assert handle is None and fn is not None
+        assert torch.equal(fn(torch.ones(2, 4)), module(torch.ones(2, 4)))
+        assert adaptor.load(None, gm, [], 0) is gm

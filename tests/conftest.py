@@ -40,8 +40,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_00_env.py") else 1)
 
 
+# Variables torch itself sets on first use of CUDA or Inductor (not torchshim's doing), and pytest's.
+NOT_OURS = {"PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
+
+
 def state_snapshot() -> dict[str, Any]:
-    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    environ = {k: v for k, v in os.environ.items() if k not in NOT_OURS}
     return {
         "environ": environ,
         "config": torch_config_snapshot(),

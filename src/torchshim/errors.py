@@ -49,7 +49,9 @@ class UnsupportedTorchVersion(TorchShimError, RuntimeError):
 class CapabilityUnavailable(TorchShimError, RuntimeError):
     """A capability was asked for explicitly but the installed torch does not provide it."""
 
-    def __init__(self, capability: str, found: str, providing: Iterable[str], hint: str = "") -> None:
+    def __init__(
+        self, capability: str, found: str, providing: Iterable[str], hint: str = ""
+    ) -> None:
         series = ", ".join(providing) or "no supported series"
         msg = (
             f"'{capability}' is not available with torch {found}; it is provided by torch series "

@@ -73,7 +73,7 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
 def _cell_text(cell: dict[str, Any] | None) -> str:
     if not cell or cell.get("status") == "none":
         return "not run"
-    status = cell["status"]
+    status = str(cell["status"])
     text = _SYMBOL.get(status, status)
     if cell.get("reason"):
         text += " " + str(cell["reason"]).replace("|", "\\|").replace("\n", " ")
@@ -100,8 +100,10 @@ def render(results: list[dict[str, Any]]) -> str:
             f"{p.get('skipped', 0)} skipped, {p.get('xfailed', 0)} xfailed "
             f"(exit {p.get('exitstatus', '?')}, {p.get('duration_s', '?')} s)"
         )
-        doctor = "all hooks ok" if r["doctor"].get("ok") else "BROKEN: " + ", ".join(
-            r["doctor"].get("broken_adaptors", [])
+        doctor = (
+            "all hooks ok"
+            if r["doctor"].get("ok")
+            else "BROKEN: " + ", ".join(r["doctor"].get("broken_adaptors", []))
         )
         lines.append(
             f"| {r.get('env', '?')} | {r['torch_version']} | {r['series']} | "

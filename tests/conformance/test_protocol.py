@@ -19,7 +19,11 @@ CONSTANTS = list(ShimModule.__annotations__)
 
 
 def test_protocol_is_not_empty() -> None:
-    assert len(MEMBERS) >= 15 and set(CONSTANTS) == {"FIRST_SERIES", "CAPABILITIES", "PATCH_TARGETS"}
+    assert len(MEMBERS) >= 15 and set(CONSTANTS) == {
+        "FIRST_SERIES",
+        "CAPABILITIES",
+        "PATCH_TARGETS",
+    }
 
 
 @pytest.mark.parametrize("module_name", MODULES)

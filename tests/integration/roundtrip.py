@@ -89,7 +89,7 @@ def _equal(out: Any, ref: Any) -> float:
     if isinstance(ref, tuple):
         if not isinstance(out, tuple) or len(out) != len(ref):
             raise AssertionError(f"expected a tuple of {len(ref)}, got {type(out).__name__}")
-        return max(_equal(o, r) for o, r in zip(out, ref))
+        return max(_equal(o, r) for o, r in zip(out, ref, strict=True))
     if not isinstance(out, torch.Tensor):
         raise AssertionError(f"expected a single tensor, got {type(out).__name__}")
     if out.shape != ref.shape:
@@ -131,7 +131,13 @@ def compile_all(base: Path, adaptors: tuple[str, ...]) -> dict[str, Any]:
                     else:
                         seen: list[Any] = []
 
-                        def backend(gm: Any, example_inputs: list[Any], case: Case = case) -> Any:
+                        def backend(
+                            gm: Any,
+                            example_inputs: list[Any],
+                            case: Case = case,
+                            seen: list[Any] = seen,
+                            adaptor: Any = adaptor,
+                        ) -> Any:
                             fn, handle = adaptor.compile(
                                 gm, example_inputs, {}, case.runtime_shape, key=case.name
                             )
@@ -217,7 +223,13 @@ def load_all(base: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                     out = fn(*case.inputs())
                 else:
 
-                    def backend(gm: Any, example_inputs: list[Any], case: Case = case) -> Any:
+                    def backend(
+                        gm: Any,
+                        example_inputs: list[Any],
+                        case: Case = case,
+                        adaptor: Any = adaptor,
+                        handle: Any = handle,
+                    ) -> Any:
                         return adaptor.load(handle, gm, example_inputs, 0, case.runtime_shape)
 
                     out = _run_dynamo(case, backend)

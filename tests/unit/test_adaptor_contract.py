@@ -24,7 +24,9 @@ HAS_STANDALONE = "supports_standalone_compile" in torchshim.capabilities()
 def test_handles_round_trip_through_json() -> None:
     h = InductorHandle("inductor", CACHE_FORMAT_VERSION, "abc", 8, key="fkey", module_path="x/y.py")
     assert handle_from_json(h.to_json()) == h
-    s = StandaloneHandle("inductor_standalone", CACHE_FORMAT_VERSION, "abc", None, "m/a.bin", "binary")
+    s = StandaloneHandle(
+        "inductor_standalone", CACHE_FORMAT_VERSION, "abc", None, "m/a.bin", "binary"
+    )
     assert StandaloneHandle.from_json(s.to_json()) == s
     with pytest.raises(AttributeError):
         s.path = "elsewhere"  # type: ignore[misc]
@@ -38,14 +40,26 @@ def test_handles_round_trip_through_json() -> None:
         json.dumps({"kind": "mystery"}),
         json.dumps({"kind": "inductor", "adaptor": "inductor"}),
         json.dumps(
-            {"kind": "inductor_standalone", "adaptor": "inductor_standalone", "format_version": 1,
-             "compiler_hash": "h", "runtime_shape": None, "path": "/abs/a.bin",
-             "artifact_format": "binary"}
+            {
+                "kind": "inductor_standalone",
+                "adaptor": "inductor_standalone",
+                "format_version": 1,
+                "compiler_hash": "h",
+                "runtime_shape": None,
+                "path": "/abs/a.bin",
+                "artifact_format": "binary",
+            }
         ),
         json.dumps(
-            {"kind": "inductor_standalone", "adaptor": "inductor_standalone", "format_version": 1,
-             "compiler_hash": "h", "runtime_shape": None, "path": "../out.bin",
-             "artifact_format": "binary"}
+            {
+                "kind": "inductor_standalone",
+                "adaptor": "inductor_standalone",
+                "format_version": 1,
+                "compiler_hash": "h",
+                "runtime_shape": None,
+                "path": "../out.bin",
+                "artifact_format": "binary",
+            }
         ),
     ],
 )
@@ -85,7 +99,10 @@ def test_prefix_must_match_cache_dir(tmp_path: Path) -> None:
 def test_unusable_cache_dir_is_a_typed_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with make_adaptor("inductor") as adaptor, pytest.raises(torchshim.CacheDirError, match="writable"):
+    with (
+        make_adaptor("inductor") as adaptor,
+        pytest.raises(torchshim.CacheDirError, match="writable"),
+    ):
         adaptor.initialize_cache(blocker / "cache")
 
 
@@ -136,11 +153,15 @@ def test_missing_and_corrupt_standalone_artifacts_are_misses(tmp_path: Path) -> 
     with make_adaptor("inductor_standalone") as adaptor:
         adaptor.initialize_cache(tmp_path)
         h = adaptor.compute_hash()
-        gone = StandaloneHandle("inductor_standalone", CACHE_FORMAT_VERSION, h, None, "a.bin", "binary")
+        gone = StandaloneHandle(
+            "inductor_standalone", CACHE_FORMAT_VERSION, h, None, "a.bin", "binary"
+        )
         with pytest.raises(torchshim.ArtifactMissingError):
             adaptor.load(gone, gm, [torch.ones(2)], 0)
         (tmp_path / "bad.bin").write_bytes(b"\x00garbage" * 10)
-        bad = StandaloneHandle("inductor_standalone", CACHE_FORMAT_VERSION, h, None, "bad.bin", "binary")
+        bad = StandaloneHandle(
+            "inductor_standalone", CACHE_FORMAT_VERSION, h, None, "bad.bin", "binary"
+        )
         with pytest.raises(torchshim.ArtifactUnreadableError):
             adaptor.load(bad, gm, [torch.ones(2)], 0)
 
@@ -148,8 +169,15 @@ def test_missing_and_corrupt_standalone_artifacts_are_misses(tmp_path: Path) -> 
 def test_compute_hash_factors_cover_the_compiler(tmp_path: Path) -> None:
     adaptor = make_adaptor("inductor")
     factors = adaptor.compute_hash_factors()
-    for key in ("system", "torch_key", "inductor_config", "functorch_config", "shim",
-                "cache_format_version", "torch_series"):
+    for key in (
+        "system",
+        "torch_key",
+        "inductor_config",
+        "functorch_config",
+        "shim",
+        "cache_format_version",
+        "torch_series",
+    ):
         assert factors[key], key
     assert adaptor.compute_hash() == adaptor.compute_hash()
     assert len(adaptor.compute_hash()) == 20

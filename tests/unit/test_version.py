@@ -62,36 +62,49 @@ def test_series_is_immutable_hashable_and_prints_as_major_minor() -> None:
     assert s.module_suffix == "2_10" and TorchSeries(2, 5).module_suffix == "2_05"
 
 
-# The traps (each one is a real bug in public code), shown to be traps and shown to be avoided.
+# The traps (each one a real bug in public code): the plain-string comparison gives the wrong
+# answer, the oracle the right one.
+VERSION_AS_TEXT = "2.10.0+cu128"
+
+
 @pytest.mark.parametrize(
-    ("trap", "wrong_value", "oracle_value"),
+    ("trap", "string_answer", "oracle_answer"),
     [
-        # plain strings compare lexicographically
-        ('"2.10.0".split("+")[0] >= "2.6"', "2.10.0".split("+")[0] >= "2.6", True),
-        ('"2.10.0" >= "2.6"', "2.10.0" >= "2.6", True),
-        ('"2.9.1" < "2.10.0"', "2.9.1" < "2.10.0", True),
-        # prefix tests confuse 2.1 with 2.10
-        ('"2.10.0".startswith("2.1")', "2.10.0".startswith("2.1"), False),
-        # a dev build sorts before its release
-        ('Version("2.6.0.dev1") >= Version("2.6")', Version("2.6.0.dev1") >= Version("2.6"), True),
-        # Lightning's compare_version traps: 1.8.9 vs 1.10.0
-        ('"1.8.9" < "1.10.0"', "1.8.9" < "1.10.0", True),
+        (
+            "base version >= '2.6'",
+            VERSION_AS_TEXT.split("+", maxsplit=1)[0] >= "2.6",
+            parse_series(VERSION_AS_TEXT) >= parse_series("2.6"),
+        ),
+        (
+            "'2.9.1' < '2.10.0'",
+            "2.9.1" < "2.10.0",
+            parse_series("2.9.1") < parse_series("2.10.0"),
+        ),
+        (
+            "startswith('2.1') for 2.10",
+            VERSION_AS_TEXT.startswith("2.1"),
+            parse_series(VERSION_AS_TEXT) == TorchSeries(2, 1),
+        ),
+        (
+            "a dev build of 2.6 is 2.6",
+            Version("2.6.0.dev1") >= Version("2.6"),
+            parse_series("2.6.0.dev1") >= parse_series("2.6"),
+        ),
+        (
+            "Lightning's 1.8.9 vs 1.10.0",
+            "1.8.9" < "1.10.0",
+            parse_series("1.8.9") < parse_series("1.10.0"),
+        ),
     ],
 )
-def test_known_traps(trap: str, wrong_value: bool, oracle_value: bool) -> None:
-    assert wrong_value != oracle_value, f"{trap} is no longer a trap?"
-    left = trap.split(" ")[0]
-    if "startswith" in trap:
-        assert (parse_series("2.10.0") == TorchSeries(2, 1)) is oracle_value
-    elif "1.8.9" in trap:
-        assert (parse_series("1.8.9") < parse_series("1.10.0")) is oracle_value
-    elif "2.9.1" in trap:
-        assert (parse_series("2.9.1") < parse_series("2.10.0")) is oracle_value
-    elif "dev1" in trap:
-        assert (parse_series("2.6.0.dev1") >= parse_series("2.6")) is oracle_value
-    else:
-        assert left  # the first three are all "2.10 >= 2.6"
-        assert (parse_series("2.10.0") >= parse_series("2.6")) is oracle_value
+def test_known_traps(trap: str, string_answer: bool, oracle_answer: bool) -> None:
+    assert string_answer != oracle_answer, f"{trap}: no longer a trap?"
+
+
+def test_trap_answers_are_the_true_ones() -> None:
+    assert parse_series(VERSION_AS_TEXT) >= parse_series("2.6")
+    assert parse_series("2.9.1") < parse_series("2.10.0")
+    assert parse_series(VERSION_AS_TEXT) != TorchSeries(2, 1)
 
 
 def test_importlib_metadata_version_is_a_plain_str_and_still_parses() -> None:

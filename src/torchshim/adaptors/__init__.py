@@ -48,9 +48,7 @@ def make_adaptor(name: str, **kwargs: Any) -> CompilerInterface:
     has it, else inductor). ``kwargs`` go to the adaptor (``artifact_format`` for standalone)."""
     if name == "auto":
         name = (
-            "inductor_standalone"
-            if "supports_standalone_compile" in capabilities()
-            else "inductor"
+            "inductor_standalone" if "supports_standalone_compile" in capabilities() else "inductor"
         )
         if name == "inductor":
             kwargs.pop("artifact_format", None)
@@ -60,6 +58,4 @@ def make_adaptor(name: str, **kwargs: Any) -> CompilerInterface:
         return InductorAdaptor(**kwargs)
     if name == "inductor_standalone":
         return InductorStandaloneAdaptor(**kwargs)
-    raise UnknownAdaptorError(
-        f"unknown adaptor {name!r}; choose one of {', '.join(ADAPTOR_NAMES)}"
-    )
+    raise UnknownAdaptorError(f"unknown adaptor {name!r}; choose one of {', '.join(ADAPTOR_NAMES)}")

@@ -146,9 +146,9 @@ def parameter_constants(graph: Any) -> list[str]:
     found: list[str] = []
     for node in getattr(getattr(graph, "graph", None), "nodes", ()):
         target = str(node.target)
-        if node.op == "get_attr" and target in named:
-            found.append(target)
-        elif node.op == "call_module" and any(n.startswith(target + ".") for n in named):
+        if (node.op == "get_attr" and target in named) or (
+            node.op == "call_module" and any(n.startswith(target + ".") for n in named)
+        ):
             found.append(target)
     return found
 

@@ -89,7 +89,9 @@ class InductorAdaptor(CompilerInterface):
                 stack.enter_context(shim.remote_caches_off())
                 stack.enter_context(shim.autograd_cache_off())
                 stack.enter_context(torch.no_grad())  # inference graphs: no backward to compile
-                compiled = shim.compile_fx(graph_copy, example_inputs, config, capture.inner_compile)
+                compiled = shim.compile_fx(
+                    graph_copy, example_inputs, config, capture.inner_compile
+                )
         except TorchShimError:
             raise
         except Exception as exc:

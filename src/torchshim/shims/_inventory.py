@@ -118,7 +118,9 @@ def snapshot(paths: list[str]) -> dict[str, str | None]:
             continue
         if isinstance(owner, type):
             holder = next((k for k in owner.__mro__ if attr in vars(k)), None)
-            out[path] = None if holder is None else f"{holder.__qualname__}:{id(vars(holder)[attr])}"
+            out[path] = (
+                None if holder is None else f"{holder.__qualname__}:{id(vars(holder)[attr])}"
+            )
         else:
             obj = getattr(owner, attr, _ABSENT)
             out[path] = None if obj is _ABSENT else str(id(obj))

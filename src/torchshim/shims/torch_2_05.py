@@ -67,7 +67,7 @@ def _fx_graph_cache() -> Any:
 
 @contextlib.contextmanager
 def compiled_fx_graph_hash_hook() -> Iterator[list[str]]:
-    import torch._inductor.codecache as codecache
+    from torch._inductor import codecache
 
     seen: list[str] = []
     original = codecache.compiled_fx_graph_hash
@@ -220,6 +220,15 @@ def load_compiled_artifact(path: str, fmt: str) -> Any:
 # --- factors, counters, warm-up -------------------------------------------------------------------
 
 
+def _portable_config(config: Any) -> dict[str, Any]:
+    try:
+        return dict(config.save_config_portable())
+    except KeyError:
+        # torch 2.5: functorch's config has no _cache_config_ignore_prefix, so
+        # save_config_portable() raises KeyError. Remove when: min torch >= 2.6
+        return dict(config.get_config_copy())
+
+
 def hash_factors() -> dict[str, str]:
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
@@ -228,8 +237,8 @@ def hash_factors() -> dict[str, str]:
     return {
         "system": stable_json(CacheBase.get_system()),
         "torch_key": torch_key().hex(),
-        "inductor_config": stable_digest(inductor_config.save_config_portable()),
-        "functorch_config": stable_digest(functorch_config.save_config_portable()),
+        "inductor_config": stable_digest(_portable_config(inductor_config)),
+        "functorch_config": stable_digest(_portable_config(functorch_config)),
     }
 
 

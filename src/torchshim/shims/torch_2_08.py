@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torchshim._patching import patch_attr
-from torchshim.shims.torch_2_05 import _make_shape_env
+from torchshim.shims.torch_2_05 import _fx_graph_cache, _make_shape_env
 from torchshim.shims.torch_2_06 import (
     CAPABILITIES as _CAPABILITIES_2_06,
 )
@@ -21,7 +21,6 @@ from torchshim.shims.torch_2_06 import (
 )
 from torchshim.shims.torch_2_06 import (
     AlwaysHitShapeEnv,
-    _fx_graph_cache,
     autograd_cache_off,
     capture_fx_compilation,
     compile_counters,

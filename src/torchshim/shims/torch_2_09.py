@@ -31,7 +31,29 @@ from torchshim.shims.torch_2_08 import (
     warm_up_cpu,
 )
 
-__all__ = ['CAPABILITIES', 'FIRST_SERIES', 'PATCH_TARGETS', 'AlwaysHitShapeEnv', 'autograd_cache_off', 'capture_fx_compilation', 'compile_counters', 'compile_fx', 'compiled_fx_graph_hash_hook', 'force_cacheable', 'graph_returns_tuple', 'hash_factors', 'in_tracing_context', 'load_compiled_artifact', 'lookup_fx_graph', 'metrics_context', 'remote_caches_off', 'save_compiled_artifact', 'shape_env_stand_in', 'standalone_compile', 'warm_up_cpu']
+__all__ = [
+    "CAPABILITIES",
+    "FIRST_SERIES",
+    "PATCH_TARGETS",
+    "AlwaysHitShapeEnv",
+    "autograd_cache_off",
+    "capture_fx_compilation",
+    "compile_counters",
+    "compile_fx",
+    "compiled_fx_graph_hash_hook",
+    "force_cacheable",
+    "graph_returns_tuple",
+    "hash_factors",
+    "in_tracing_context",
+    "load_compiled_artifact",
+    "lookup_fx_graph",
+    "metrics_context",
+    "remote_caches_off",
+    "save_compiled_artifact",
+    "shape_env_stand_in",
+    "standalone_compile",
+    "warm_up_cpu",
+]
 
 FIRST_SERIES: tuple[int, int] = (2, 9)
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 import torchshim
-from torchshim.adaptors import handle_from_json, make_adaptor
 from torchshim._version import installed_torch_version
+from torchshim.adaptors import handle_from_json, make_adaptor
 from torchshim.shims import active
 
 GRAPHS = 5  # distinct graphs per adaptor (distinct batch sizes)

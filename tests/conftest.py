@@ -41,7 +41,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # Variables torch itself sets on first use of CUDA or Inductor (not torchshim's doing), and pytest's.
-NOT_OURS = {"PYTEST_CURRENT_TEST", "CUDA_MODULE_LOADING", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
+NOT_OURS = {
+    "PYTEST_CURRENT_TEST",
+    "CUDA_MODULE_LOADING",
+    "TRITON_PTXAS_PATH",
+    "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+}
 
 
 def state_snapshot() -> dict[str, Any]:

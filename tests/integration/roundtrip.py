@@ -26,7 +26,7 @@ from torchshim.adaptors import handle_from_json, make_adaptor
 from torchshim.shims import active
 
 ADAPTORS = ("eager", "inductor", "inductor_standalone")
-COMPILER_NAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++", "nvcc")
+COMPILER_NAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++", "nvcc", "ptxas")
 
 
 # No annotations on the traced functions: under `from __future__ import annotations` they are
@@ -60,9 +60,10 @@ class Case:
     def runtime_shape(self) -> int | None:
         return self.batch if self.shape == "int" else None
 
-    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.batch)
-        return torch.randn(self.batch, 16, generator=gen), torch.randn(16, 32, generator=gen)
+        x, w = torch.randn(self.batch, 16, generator=gen), torch.randn(16, 32, generator=gen)
+        return x.to(device), w.to(device)
 
 
 def all_cases(adaptors: tuple[str, ...]) -> list[Case]:
@@ -97,9 +98,9 @@ def _equal(out: Any, ref: Any) -> float:
     return float((out - ref).abs().max())
 
 
-def _run_dynamo(case: Case, backend: Callable[..., Any]) -> Any:
+def _run_dynamo(case: Case, backend: Callable[..., Any], device: str) -> Any:
     torch.compiler.reset()
-    x, w = case.inputs()
+    x, w = case.inputs(device)
     if case.shape == "general":
         torch._dynamo.mark_dynamic(x, 0)
     fn = torch.compile(FUNCS[case.output], backend=backend, fullgraph=True, dynamic=False)
@@ -110,7 +111,7 @@ def _fx_graph(case: Case) -> torch.fx.GraphModule:
     return torch.fx.symbolic_trace(FUNCS[case.output])
 
 
-def compile_all(base: Path, adaptors: tuple[str, ...]) -> dict[str, Any]:
+def compile_all(base: Path, adaptors: tuple[str, ...], device: str = "cpu") -> dict[str, Any]:
     """Process A: compile every case into ``base``; returns the manifest (handles as JSON)."""
     manifest: dict[str, Any] = {}
     for adaptor_name in adaptors:
@@ -119,15 +120,15 @@ def compile_all(base: Path, adaptors: tuple[str, ...]) -> dict[str, Any]:
             for case in all_cases((adaptor_name,)):
                 entry: dict[str, Any] = {"handle": None, "error": None}
                 try:
-                    ref = FUNCS[case.output](*case.inputs())
+                    ref = FUNCS[case.output](*case.inputs(device))
                     if case.source == "fx":
                         gm = _fx_graph(case)
                         fn, handle = adaptor.compile(
-                            gm, list(case.inputs()), {}, case.runtime_shape, key=case.name
+                            gm, list(case.inputs(device)), {}, case.runtime_shape, key=case.name
                         )
                         if fn is None:
                             raise RuntimeError("compile returned no callable")
-                        out = fn(*case.inputs())
+                        out = fn(*case.inputs(device))
                     else:
                         seen: list[Any] = []
 
@@ -146,7 +147,7 @@ def compile_all(base: Path, adaptors: tuple[str, ...]) -> dict[str, Any]:
                                 raise RuntimeError("compile returned no callable")
                             return fn
 
-                        out = _run_dynamo(case, backend)
+                        out = _run_dynamo(case, backend, device)
                         if len(seen) != 1:
                             raise RuntimeError(f"Dynamo produced {len(seen)} graphs, expected 1")
                         handle = seen[0]
@@ -161,7 +162,8 @@ def compile_all(base: Path, adaptors: tuple[str, ...]) -> dict[str, Any]:
 
 class CompilerProcessCounter:
     """Counts compiler processes that produce an output file (kernel builds), by watching
-    ``subprocess.Popen`` — how Inductor starts gcc on every series."""
+    ``subprocess.Popen``: how Inductor starts gcc on every series, and how Triton starts ptxas
+    (the loader runs with TORCHINDUCTOR_COMPILE_THREADS=1, so Triton compiles in this process)."""
 
     def __init__(self) -> None:
         self.builds: list[str] = []
@@ -190,13 +192,22 @@ class CompilerProcessCounter:
             subprocess.Popen.__init__ = original  # type: ignore[method-assign]
 
 
-def load_all(base: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def _files(root: Path) -> set[str]:
+    return (
+        {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        if root.exists()
+        else set()
+    )
+
+
+def load_all(base: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """Process B / C: load every case from ``base`` without compiling."""
     shim = active().module
     t0 = time.perf_counter()
     shim.warm_up_cpu()  # one-time CPU ISA probing (it builds test programs), paid up front
     results: dict[str, Any] = {"warm_up_s": round(time.perf_counter() - t0, 2), "cases": {}}
     before = shim.compile_counters()
+    triton_before = _files(base / "triton")
     counter = CompilerProcessCounter()
     adaptors = {}
     for name in ADAPTORS:
@@ -216,11 +227,11 @@ def load_all(base: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                 handle = handle_from_json(raw) if raw else None
                 if handle is None and case.adaptor != "eager":
                     raise RuntimeError(f"no handle was recorded in process A: {entry.get('error')}")
-                ref = FUNCS[case.output](*case.inputs())
+                ref = FUNCS[case.output](*case.inputs(device))
                 if case.source == "fx":
                     gm = _fx_graph(case)
-                    fn = adaptor.load(handle, gm, list(case.inputs()), 0, case.runtime_shape)
-                    out = fn(*case.inputs())
+                    fn = adaptor.load(handle, gm, list(case.inputs(device)), 0, case.runtime_shape)
+                    out = fn(*case.inputs(device))
                 else:
 
                     def backend(
@@ -232,7 +243,7 @@ def load_all(base: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                     ) -> Any:
                         return adaptor.load(handle, gm, example_inputs, 0, case.runtime_shape)
 
-                    out = _run_dynamo(case, backend)
+                    out = _run_dynamo(case, backend, device)
                 res["max_err"] = _equal(out, ref)
             except Exception as exc:
                 res["error"] = f"{type(exc).__name__}: {exc}"
@@ -243,16 +254,19 @@ def load_all(base: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     for adaptor in adaptors.values():
         adaptor.close()
     after = shim.compile_counters()
+    # a Triton kernel build writes its binaries into the (relocated) Triton cache
+    results["new_triton_files"] = sorted(_files(base / "triton") - triton_before)[:20]
     results["counters"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     return results
 
 
 def main(argv: list[str]) -> int:
     mode, base, manifest_path, out_path = argv[1], Path(argv[2]), Path(argv[3]), Path(argv[4])
+    device = argv[5] if len(argv) > 5 else "cpu"
     if mode != "load":
         raise SystemExit(f"unknown mode {mode!r}")
     manifest = json.loads(manifest_path.read_text())
-    results = load_all(base, manifest)
+    results = load_all(base, manifest, device)
     out_path.write_text(json.dumps(results, indent=1))
     return 0
 

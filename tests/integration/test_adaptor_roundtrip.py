@@ -25,11 +25,21 @@ CASES = roundtrip.all_cases(roundtrip.ADAPTORS)
 TOLERANCE = 1e-4
 
 
-def _run_loader(base: Path, manifest: Path, out: Path) -> dict[str, Any]:
+def _run_loader(base: Path, manifest: Path, out: Path, device: str = "cpu") -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
+    # compile (if anything compiles) in this process, where the compiler-process counter sees it
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, str(HERE / "roundtrip.py"), "load", str(base), str(manifest), str(out)],
+        [
+            sys.executable,
+            str(HERE / "roundtrip.py"),
+            "load",
+            str(base),
+            str(manifest),
+            str(out),
+            device,
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -42,27 +52,44 @@ def _run_loader(base: Path, manifest: Path, out: Path) -> dict[str, Any]:
     return result
 
 
-@pytest.fixture(scope="module")
-def roundtrip_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    work = tmp_path_factory.mktemp("roundtrip")
+def run_roundtrip(work: Path, device: str) -> dict[str, Any]:
+    """Compile here, load in a fresh process, move the directory, load in another one."""
     base = work / "cache"
     before = state_snapshot()
-    manifest = roundtrip.compile_all(base, roundtrip.available_adaptors())
+    manifest = roundtrip.compile_all(base, roundtrip.available_adaptors(), device)
     leaks = diff_state(before, state_snapshot())
+    triton_files = len(roundtrip._files(base / "triton"))
     manifest_path = work / "manifest.json"
     manifest_path.write_text(json.dumps(manifest))
-    fresh = _run_loader(base, manifest_path, work / "fresh.json")
+    fresh = _run_loader(base, manifest_path, work / "fresh.json", device)
     moved = work / "elsewhere" / "moved-cache"
     moved.parent.mkdir()
     shutil.move(str(base), str(moved))
-    relocated = _run_loader(moved, manifest_path, work / "relocated.json")
+    relocated = _run_loader(moved, manifest_path, work / "relocated.json", device)
     return {
         "manifest": manifest,
         "fresh": fresh,
         "relocated": relocated,
         "leaks": leaks,
         "base_gone": not base.exists(),
+        "recreated_at_old_place": sorted(roundtrip._files(base))[:20],
+        "triton_files_in_base": triton_files,
     }
+
+
+def dump_for_inspection(result: dict[str, Any], name: str) -> None:
+    """With TORCHSHIM_ROUNDTRIP_DUMP=<dir>, keep the whole round-trip record for a human."""
+    target = os.environ.get("TORCHSHIM_ROUNDTRIP_DUMP")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        (Path(target) / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+@pytest.fixture(scope="module")
+def roundtrip_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    result = run_roundtrip(tmp_path_factory.mktemp("roundtrip"), "cpu")
+    dump_for_inspection(result, "roundtrip-cpu")
+    return result
 
 
 def _skip_unavailable(case: roundtrip.Case) -> None:
@@ -79,6 +106,9 @@ def _check_load(result: dict[str, Any], case: roundtrip.Case) -> None:
     assert entry["error"] is None, entry.get("trace") or entry["error"]
     assert entry["max_err"] <= TOLERANCE
     assert entry["kernel_builds"] == [], f"load compiled kernels: {entry['kernel_builds']}"
+    assert result["new_triton_files"] == [], (
+        f"load built Triton kernels: {result['new_triton_files']}"
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
@@ -111,7 +141,9 @@ def test_load_after_relocation(
 ) -> None:
     request.node.add_marker(pytest.mark.matrix_cell(case.adaptor, "load_relocated"))
     _skip_unavailable(case)
-    assert roundtrip_run["base_gone"], "the cache directory was not moved away"
+    assert roundtrip_run["base_gone"], (
+        f"loading recreated the old cache directory: {roundtrip_run['recreated_at_old_place']}"
+    )
     _check_load(roundtrip_run["relocated"], case)
 
 

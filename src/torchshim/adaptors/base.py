@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from torchshim._patching import patch_environ
 from torchshim.errors import (
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 
 CompiledCallable = Callable[..., Any]
+H = TypeVar("H", bound="Handle")
 
 INDUCTOR_SUBDIR = "inductor"
 TRITON_SUBDIR = "triton"
@@ -306,7 +307,7 @@ class CompilerInterface(abc.ABC):
             self._hash = self.compute_hash()
         return self._hash
 
-    def _check_handle(self, handle: Any, expected: type[Handle]) -> Handle:
+    def _check_handle(self, handle: Any, expected: type[H]) -> H:
         if isinstance(handle, (str, bytes)):
             handle = handle_from_json(handle)
         if not isinstance(handle, Handle):
@@ -331,6 +332,17 @@ class CompilerInterface(abc.ABC):
                 "compute_hash_factors() lists what goes into the hash."
             )
         return handle
+
+    def _compile_config(
+        self, compiler_config: dict[str, Any] | None, runtime_shape: int | None
+    ) -> dict[str, Any]:
+        """The caller's Inductor config, tuned harder for a specific size (compiled once, served
+        often: max-autotune and coordinate-descent tuning) unless the caller says otherwise."""
+        config = dict(compiler_config or {})
+        if isinstance(runtime_shape, int):
+            config.setdefault("max_autotune", True)
+            config.setdefault("coordinate_descent_tuning", True)
+        return config
 
     def _reject_parameter_constants(self, graph: Any) -> None:
         consts = parameter_constants(graph)

@@ -68,11 +68,7 @@ class InductorAdaptor(CompilerInterface):
         self._require_cache()
         self._reject_parameter_constants(graph)
         shim = active().module
-        config = dict(compiler_config or {})
-        if isinstance(runtime_shape, int):
-            # A specific size is compiled once and served often: tune harder.
-            config.setdefault("max_autotune", True)
-            config.setdefault("coordinate_descent_tuning", True)
+        config = self._compile_config(compiler_config, runtime_shape)
         if self.disable_cache:
             config["force_disable_caches"] = True
         else:
@@ -137,8 +133,6 @@ class InductorAdaptor(CompilerInterface):
     ) -> CompiledCallable:
         base = self._require_cache()
         checked = self._check_handle(handle, InductorHandle)
-        if not isinstance(checked, InductorHandle):  # narrowed by _check_handle
-            raise ArtifactUnreadableError(f"not an inductor handle: {checked!r}")
         self._reject_parameter_constants(graph)
         shim = active().module
         try:

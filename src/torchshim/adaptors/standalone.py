@@ -116,10 +116,7 @@ class InductorStandaloneAdaptor(CompilerInterface):
             raise AdaptorConfigError("call initialize_cache(cache_dir) before compile")
         self._reject_parameter_constants(graph)
         shim = active().module
-        config = dict(compiler_config or {})
-        if isinstance(runtime_shape, int):
-            config.setdefault("max_autotune", True)
-            config.setdefault("coordinate_descent_tuning", True)
+        config = self._compile_config(compiler_config, runtime_shape)
         dynamic = self._dynamic_shapes(runtime_shape)
         returns_tuple = shim.graph_returns_tuple(graph)
         try:
@@ -181,8 +178,6 @@ class InductorStandaloneAdaptor(CompilerInterface):
     ) -> CompiledCallable:
         base = self._require_cache()
         checked = self._check_handle(handle, StandaloneHandle)
-        if not isinstance(checked, StandaloneHandle):  # narrowed by _check_handle
-            raise ArtifactUnreadableError(f"not a standalone handle: {checked!r}")
         self._reject_parameter_constants(graph)
         if checked.artifact_format not in ARTIFACT_FORMATS:
             raise ArtifactUnreadableError(

@@ -15,6 +15,30 @@ from torchshim.shims._common import config_patch_existing, stable_digest, stable
 from torchshim.shims._common import walk_module_file as _walk_module_file
 from torchshim.shims._protocol import FxCapture
 
+__all__ = [
+    "CAPABILITIES",
+    "FIRST_SERIES",
+    "PATCH_TARGETS",
+    "AlwaysHitShapeEnv",
+    "autograd_cache_off",
+    "capture_fx_compilation",
+    "compile_counters",
+    "compile_fx",
+    "compiled_fx_graph_hash_hook",
+    "force_cacheable",
+    "graph_returns_tuple",
+    "hash_factors",
+    "in_tracing_context",
+    "load_compiled_artifact",
+    "lookup_fx_graph",
+    "metrics_context",
+    "remote_caches_off",
+    "save_compiled_artifact",
+    "shape_env_stand_in",
+    "standalone_compile",
+    "warm_up_cpu",
+]
+
 FIRST_SERIES: tuple[int, int] = (2, 5)
 
 CAPABILITIES: frozenset[str] = frozenset(

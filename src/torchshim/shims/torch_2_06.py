@@ -11,57 +11,15 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from torchshim.shims.torch_2_05 import (
-    CAPABILITIES as _CAPABILITIES_2_05,
-)
-from torchshim.shims.torch_2_05 import (
-    PATCH_TARGETS,
-    AlwaysHitShapeEnv,
-    _fx_graph_cache,
-    autograd_cache_off,
-    capture_fx_compilation,
-    compile_counters,
-    compile_fx,
-    compiled_fx_graph_hash_hook,
-    force_cacheable,
-    graph_returns_tuple,
-    hash_factors,
-    in_tracing_context,
-    load_compiled_artifact,
-    remote_caches_off,
-    save_compiled_artifact,
-    shape_env_stand_in,
-    standalone_compile,
-    warm_up_cpu,
-)
+from torchshim.shims import torch_2_05 as _base
+from torchshim.shims.torch_2_05 import *  # noqa: F403  (everything that did not change)
+from torchshim.shims.torch_2_05 import _fx_graph_cache
 
-__all__ = [
-    "CAPABILITIES",
-    "FIRST_SERIES",
-    "PATCH_TARGETS",
-    "AlwaysHitShapeEnv",
-    "autograd_cache_off",
-    "capture_fx_compilation",
-    "compile_counters",
-    "compile_fx",
-    "compiled_fx_graph_hash_hook",
-    "force_cacheable",
-    "graph_returns_tuple",
-    "hash_factors",
-    "in_tracing_context",
-    "load_compiled_artifact",
-    "lookup_fx_graph",
-    "metrics_context",
-    "remote_caches_off",
-    "save_compiled_artifact",
-    "shape_env_stand_in",
-    "standalone_compile",
-    "warm_up_cpu",
-]
+__all__ = list(_base.__all__)
 
 FIRST_SERIES: tuple[int, int] = (2, 6)
 
-CAPABILITIES: frozenset[str] = _CAPABILITIES_2_05 | {"supports_metrics_context"}
+CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {"supports_metrics_context"}
 
 
 @contextlib.contextmanager

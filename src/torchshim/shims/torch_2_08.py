@@ -12,64 +12,22 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torchshim._patching import patch_attr
+from torchshim.shims import torch_2_06 as _base
 from torchshim.shims.torch_2_05 import _fx_graph_cache, _make_shape_env
-from torchshim.shims.torch_2_06 import (
-    CAPABILITIES as _CAPABILITIES_2_06,
-)
-from torchshim.shims.torch_2_06 import (
-    PATCH_TARGETS as _PATCH_TARGETS_2_06,
-)
-from torchshim.shims.torch_2_06 import (
-    AlwaysHitShapeEnv,
-    autograd_cache_off,
-    capture_fx_compilation,
-    compile_counters,
-    compile_fx,
-    compiled_fx_graph_hash_hook,
-    force_cacheable,
-    graph_returns_tuple,
-    hash_factors,
-    in_tracing_context,
-    lookup_fx_graph,
-    metrics_context,
-    remote_caches_off,
-    warm_up_cpu,
-)
+from torchshim.shims.torch_2_06 import *  # noqa: F403  (everything that did not change)
 
-__all__ = [
-    "CAPABILITIES",
-    "FIRST_SERIES",
-    "PATCH_TARGETS",
-    "AlwaysHitShapeEnv",
-    "autograd_cache_off",
-    "capture_fx_compilation",
-    "compile_counters",
-    "compile_fx",
-    "compiled_fx_graph_hash_hook",
-    "force_cacheable",
-    "graph_returns_tuple",
-    "hash_factors",
-    "in_tracing_context",
-    "load_compiled_artifact",
-    "lookup_fx_graph",
-    "metrics_context",
-    "remote_caches_off",
-    "save_compiled_artifact",
-    "shape_env_stand_in",
-    "standalone_compile",
-    "warm_up_cpu",
-]
+__all__ = list(_base.__all__)
 
 FIRST_SERIES: tuple[int, int] = (2, 8)
 
-CAPABILITIES: frozenset[str] = _CAPABILITIES_2_06 | {
+CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {
     "supports_standalone_compile",
     "supports_standalone_binary_format",
     "supports_standalone_unpacked_format",
 }
 
 PATCH_TARGETS: tuple[str, ...] = (
-    *_PATCH_TARGETS_2_06,
+    *_base.PATCH_TARGETS,
     "torch._functorch._aot_autograd.autograd_cache.AOTAutogradCache._get_shape_env",
 )
 
@@ -81,8 +39,7 @@ def _aot_autograd_cache() -> Any:
 
 
 @contextlib.contextmanager
-def shape_env_stand_in() -> Iterator[None]:
-    stand_in = _make_shape_env()
+def _shape_env_patches(stand_in: Any) -> Iterator[None]:
     getter = staticmethod(lambda: stand_in)
     with (
         patch_attr(_fx_graph_cache(), "_get_shape_env", getter),
@@ -90,6 +47,10 @@ def shape_env_stand_in() -> Iterator[None]:
         patch_attr(_aot_autograd_cache(), "_get_shape_env", getter),
     ):
         yield
+
+
+def shape_env_stand_in() -> contextlib.AbstractContextManager[None]:
+    return _shape_env_patches(_make_shape_env())
 
 
 def standalone_compile(

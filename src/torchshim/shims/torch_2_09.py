@@ -6,55 +6,11 @@ graphs (2.8.0 raised ``TypeError: 'Node' object is not iterable``). Everything e
 
 from __future__ import annotations
 
-from torchshim.shims.torch_2_08 import (
-    CAPABILITIES as _CAPABILITIES_2_08,
-)
-from torchshim.shims.torch_2_08 import (
-    PATCH_TARGETS,
-    AlwaysHitShapeEnv,
-    autograd_cache_off,
-    capture_fx_compilation,
-    compile_counters,
-    compile_fx,
-    compiled_fx_graph_hash_hook,
-    force_cacheable,
-    graph_returns_tuple,
-    hash_factors,
-    in_tracing_context,
-    load_compiled_artifact,
-    lookup_fx_graph,
-    metrics_context,
-    remote_caches_off,
-    save_compiled_artifact,
-    shape_env_stand_in,
-    standalone_compile,
-    warm_up_cpu,
-)
+from torchshim.shims import torch_2_08 as _base
+from torchshim.shims.torch_2_08 import *  # noqa: F403  (everything that did not change)
 
-__all__ = [
-    "CAPABILITIES",
-    "FIRST_SERIES",
-    "PATCH_TARGETS",
-    "AlwaysHitShapeEnv",
-    "autograd_cache_off",
-    "capture_fx_compilation",
-    "compile_counters",
-    "compile_fx",
-    "compiled_fx_graph_hash_hook",
-    "force_cacheable",
-    "graph_returns_tuple",
-    "hash_factors",
-    "in_tracing_context",
-    "load_compiled_artifact",
-    "lookup_fx_graph",
-    "metrics_context",
-    "remote_caches_off",
-    "save_compiled_artifact",
-    "shape_env_stand_in",
-    "standalone_compile",
-    "warm_up_cpu",
-]
+__all__ = list(_base.__all__)
 
 FIRST_SERIES: tuple[int, int] = (2, 9)
 
-CAPABILITIES: frozenset[str] = _CAPABILITIES_2_08 | {"supports_standalone_from_graph"}
+CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {"supports_standalone_from_graph"}

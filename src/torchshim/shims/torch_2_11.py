@@ -15,57 +15,14 @@ What changed from 2.10, and broke the reference design twice:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-from torchshim._patching import patch_attr
+from torchshim.shims import torch_2_09 as _base
 from torchshim.shims.torch_2_05 import AlwaysHitShapeEnv as _AlwaysHitShapeEnv210
-from torchshim.shims.torch_2_05 import _fx_graph_cache
-from torchshim.shims.torch_2_08 import _aot_autograd_cache
-from torchshim.shims.torch_2_09 import (
-    CAPABILITIES,
-    PATCH_TARGETS,
-    autograd_cache_off,
-    capture_fx_compilation,
-    compile_counters,
-    compile_fx,
-    compiled_fx_graph_hash_hook,
-    force_cacheable,
-    graph_returns_tuple,
-    hash_factors,
-    in_tracing_context,
-    load_compiled_artifact,
-    lookup_fx_graph,
-    metrics_context,
-    remote_caches_off,
-    save_compiled_artifact,
-    standalone_compile,
-    warm_up_cpu,
-)
+from torchshim.shims.torch_2_08 import _shape_env_patches
+from torchshim.shims.torch_2_09 import *  # noqa: F403  (everything that did not change)
 
-__all__ = [
-    "CAPABILITIES",
-    "FIRST_SERIES",
-    "PATCH_TARGETS",
-    "AlwaysHitShapeEnv",
-    "autograd_cache_off",
-    "capture_fx_compilation",
-    "compile_counters",
-    "compile_fx",
-    "compiled_fx_graph_hash_hook",
-    "force_cacheable",
-    "graph_returns_tuple",
-    "hash_factors",
-    "in_tracing_context",
-    "load_compiled_artifact",
-    "lookup_fx_graph",
-    "metrics_context",
-    "remote_caches_off",
-    "save_compiled_artifact",
-    "shape_env_stand_in",
-    "standalone_compile",
-    "warm_up_cpu",
-]
+__all__ = list(_base.__all__)
 
 FIRST_SERIES: tuple[int, int] = (2, 11)
 
@@ -79,12 +36,5 @@ class AlwaysHitShapeEnv(_AlwaysHitShapeEnv210):
         self.var_to_hint_override: dict[Any, int] = {}
 
 
-@contextlib.contextmanager
-def shape_env_stand_in() -> Iterator[None]:
-    stand_in = AlwaysHitShapeEnv()
-    getter = staticmethod(lambda: stand_in)
-    with (
-        patch_attr(_fx_graph_cache(), "_get_shape_env", getter),
-        patch_attr(_aot_autograd_cache(), "_get_shape_env", getter),
-    ):
-        yield
+def shape_env_stand_in() -> contextlib.AbstractContextManager[None]:
+    return _shape_env_patches(AlwaysHitShapeEnv())

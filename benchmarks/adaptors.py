@@ -1,6 +1,6 @@
 """Per adaptor on the installed torch: compile seconds, load seconds (in a fresh process), the
 load/compile ratio, and the per-call overhead of the returned callable over calling Inductor's
-compiled artifact directly (median of many calls on a tiny input).
+compiled artifact directly (median of interleaved rounds on a tiny input).
 
     python benchmarks/adaptors.py [--out benchmarks/results/adaptors-<series>.json]
 
@@ -32,24 +32,52 @@ GRAPHS = 5  # distinct graphs per adaptor (distinct batch sizes)
 CALLS = 20000  # calls per overhead measurement
 
 
-def f(x: Any, w: Any) -> Any:
+def f(x, w):  # type: ignore[no-untyped-def]
     return torch.relu(x @ w) + 1
+
+
+def _graph(adaptor: str, i: int) -> torch.fx.GraphModule:
+    """A distinct graph per adaptor and index (the constant is part of the graph), so that every
+    timed compile is a cold one and no adaptor hits another's cache entries."""
+    const = float(1 + i + 100 * ("inductor", "inductor_standalone").index(adaptor))
+
+    def g(x, w):  # type: ignore[no-untyped-def]
+        return torch.relu(x @ w) + const
+
+    return torch.fx.symbolic_trace(g)
+
+
+def _batch(adaptor: str, i: int) -> int:
+    """Distinct shapes per adaptor, so that no adaptor hits another's FX-graph-cache entries."""
+    return 2 + i + 100 * ("inductor", "inductor_standalone").index(adaptor)
 
 
 def _inputs(batch: int) -> list[torch.Tensor]:
     return [torch.randn(batch, 8), torch.randn(8, 8)]
 
 
-def _per_call_ns(fn: Any, args: list[Any], calls: int = CALLS) -> float:
-    """Median of 15 rounds of the mean time per call, in ns."""
-    rounds = []
-    per_round = calls // 15
-    for _ in range(15):
-        t0 = time.perf_counter_ns()
-        for _ in range(per_round):
-            fn(*args)
-        rounds.append((time.perf_counter_ns() - t0) / per_round)
-    return statistics.median(rounds)
+ROUNDS = 41
+
+
+def _round_ns(fn: Any, args: list[Any], calls: int) -> float:
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        fn(*args)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _paired_ns(wrapped: Any, direct: Any, args: list[Any]) -> tuple[float, float, float]:
+    """Interleaved rounds of the two callables (so drift hits both alike): the median time per
+    call of each and the median of the per-round differences, in ns."""
+    per_round = CALLS // ROUNDS
+    w_rounds, d_rounds, diffs = [], [], []
+    for _ in range(ROUNDS):
+        w = _round_ns(wrapped, args, per_round)
+        d = _round_ns(direct, args, per_round)
+        w_rounds.append(w)
+        d_rounds.append(d)
+        diffs.append(w - d)
+    return statistics.median(w_rounds), statistics.median(d_rounds), statistics.median(diffs)
 
 
 def compile_phase(base: Path, adaptors: list[str]) -> dict[str, Any]:
@@ -65,9 +93,9 @@ def compile_phase(base: Path, adaptors: list[str]) -> dict[str, Any]:
             adaptor.initialize_cache(base / name)
             times, handles = [], []
             for i in range(GRAPHS):
-                gm = torch.fx.symbolic_trace(f)
+                gm = _graph(name, i)
                 t0 = time.perf_counter()
-                _fn, handle = adaptor.compile(gm, _inputs(2 + i), {}, runtime_shape=None)
+                _fn, handle = adaptor.compile(gm, _inputs(_batch(name, i)), {}, runtime_shape=None)
                 times.append(time.perf_counter() - t0)
                 handles.append(handle.to_json() if handle else None)
             out[name] = {"compile_s": times, "handles": handles}
@@ -85,24 +113,25 @@ def load_phase(base: Path, adaptors: list[str], compiled: dict[str, Any]) -> dic
             times = []
             first_call = None
             for i, raw in enumerate(compiled[name]["handles"]):
-                gm = torch.fx.symbolic_trace(f)
-                args = _inputs(2 + i)
+                gm = _graph(name, i)
+                args = _inputs(_batch(name, i))
                 t0 = time.perf_counter()
                 fn = adaptor.load(handle_from_json(raw), gm, args, i)
                 fn(*args)
                 times.append(time.perf_counter() - t0)
                 first_call = first_call or fn
             # overhead: the returned callable vs what it wraps
-            args = _inputs(2)
+            args = _inputs(_batch(name, 0))
+            gm = _graph(name, 0)
             fn = adaptor.load(handle_from_json(compiled[name]["handles"][0]), gm, args, 0)
             inner = _direct(name, adaptor, compiled[name]["handles"][0], args, gm)
-            wrapped_ns = _per_call_ns(fn, args)
-            direct_ns = _per_call_ns(inner, args)
+            wrapped_ns, direct_ns, overhead_ns = _paired_ns(fn, inner, args)
             out[name] = {
                 "first_load_s": times[0],
                 "load_s": times[1:],
                 "wrapped_call_ns": wrapped_ns,
                 "direct_call_ns": direct_ns,
+                "overhead_ns": overhead_ns,
             }
     return out
 
@@ -159,7 +188,7 @@ def main() -> int:
     for name in adaptors:
         c = statistics.median(compiled[name]["compile_s"])
         lo = statistics.median(loaded[name]["load_s"])
-        overhead = loaded[name]["wrapped_call_ns"] - loaded[name]["direct_call_ns"]
+        overhead = loaded[name]["overhead_ns"]
         rows.append(
             {
                 "adaptor": name,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -41,6 +42,25 @@ def _graph_digest(graph: Any, example_inputs: Sequence[Any], runtime_shape: int 
         shape = getattr(value, "shape", None)
         text.append(f"{type(value).__name__}:{getattr(value, 'dtype', '')}:{tuple(shape or ())}")
     return hashlib.sha256("\n".join(text).encode()).hexdigest()[:24]
+
+
+def _without_string_annotations(graph: Any) -> Any:
+    """A copy of ``graph`` without placeholder annotations that are plain strings.
+
+    ``symbolic_trace`` copies a function's annotations into the graph; under
+    ``from __future__ import annotations`` they are strings, which AOTAutograd's cache key cannot
+    format, so ``CompiledArtifact.save`` fails ("no aot_autograd artifacts"). They carry no
+    meaning for compilation.
+    """
+    nodes = getattr(getattr(graph, "graph", None), "nodes", ())
+    if not any(isinstance(getattr(n, "type", None), str) for n in nodes):
+        return graph
+    clean = copy.deepcopy(graph)
+    for node in clean.graph.nodes:
+        if isinstance(node.type, str):
+            node.type = None
+    clean.recompile()
+    return clean
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -121,7 +141,9 @@ class InductorStandaloneAdaptor(CompilerInterface):
         returns_tuple = shim.graph_returns_tuple(graph)
         try:
             with shim.remote_caches_off(), torch.no_grad():
-                artifact = shim.standalone_compile(graph, example_inputs, dynamic, config)
+                artifact = shim.standalone_compile(
+                    _without_string_annotations(graph), example_inputs, dynamic, config
+                )
         except TorchShimError:
             raise
         except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchShimError as exc:
         print(f"torchshim: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `torchshim doctor --json | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown quiet
+        return 0
     return code
 
 

@@ -85,9 +85,7 @@ def shim_for(series: TorchSeries) -> ShimModule:
     """The shim module registered for ``series`` (KeyError-free: raises UnsupportedTorchVersion)."""
     name = REGISTRY.get(series)
     if name is None:
-        raise UnsupportedTorchVersion(
-            f"(series {series})", str(series), [str(s) for s in SUPPORTED_SERIES]
-        )
+        raise UnsupportedTorchVersion(str(series), str(series), [str(s) for s in SUPPORTED_SERIES])
     return load_shim_module(name)
 
 

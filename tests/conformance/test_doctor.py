@@ -36,13 +36,18 @@ DRIFT = textwrap.dedent(
     def compiled_fx_graph_hash(gm, example_inputs, fx_kwargs, inputs_to_check, new_flag=False):
         raise NotImplementedError
     codecache.compiled_fx_graph_hash = compiled_fx_graph_hash
+    # a hook that moves to another module
+    import torch._inductor.compile_fx as compile_fx
+    import torch._inductor.utils as inductor_utils
+    inductor_utils.graph_returns_tuple = compile_fx.graph_returns_tuple
+    del compile_fx.graph_returns_tuple
     from torchshim.cli import main
     sys.exit(main(["doctor", "--json"]))
     """
 )
 
 
-def test_doctor_detects_removed_and_resigned_hooks() -> None:
+def test_doctor_detects_removed_resigned_and_moved_hooks() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", DRIFT], capture_output=True, text=True, timeout=300, check=False
     )
@@ -52,5 +57,9 @@ def test_doctor_detects_removed_and_resigned_hooks() -> None:
     assert by_name["FxGraphCache._lookup_graph"]["status"] == "missing"
     resigned = by_name["compiled_fx_graph_hash"]
     assert resigned["status"] == "signature changed" and "new_flag" in resigned["detail"]
-    assert report["ok"] is False and "inductor" in report["broken_adaptors"]
+    moved = by_name["graph_returns_tuple"]
+    assert moved["status"] == "moved"
+    assert moved["found_at"] == ["torch._inductor.utils.graph_returns_tuple"]
+    assert report["ok"] is False
+    assert report["broken_adaptors"] == ["inductor", "inductor_standalone"]
     assert by_name["compile_fx"]["status"] == "ok"

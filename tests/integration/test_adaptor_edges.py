@@ -1,0 +1,65 @@
+"""Adaptor behaviour at the edges: rejected graphs, caching turned off, reuse of a handle."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchshim
+from torchshim.adaptors import make_adaptor
+
+pytestmark = pytest.mark.compile
+
+COMPILING = ["inductor"] + (
+    ["inductor_standalone"] if "supports_standalone_compile" in torchshim.capabilities() else []
+)
+
+
+def mm(x, w):  # type: ignore[no-untyped-def]
+    return torch.relu(x @ w) - 1
+
+
+@pytest.mark.parametrize("name", COMPILING)
+def test_rejected_graph_returns_nothing_and_logs_why(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gm = torch.fx.symbolic_trace(mm)
+    bad_inputs = [torch.randn(2, 3), torch.randn(4, 5)]  # x @ w cannot be computed
+    with make_adaptor(name) as adaptor, caplog.at_level(logging.WARNING, logger="torchshim"):
+        adaptor.initialize_cache(tmp_path)
+        assert adaptor.compile(gm, bad_inputs, {}, runtime_shape=2) == (None, None)
+    assert any("rejected graph" in r.getMessage() for r in caplog.records)
+    assert not list(tmp_path.rglob("artifact_*"))  # nothing half-written
+
+
+@pytest.mark.parametrize("name", COMPILING)
+def test_disable_cache_compiles_without_a_handle(tmp_path: Path, name: str) -> None:
+    gm = torch.fx.symbolic_trace(mm)
+    args = [torch.randn(3, 7), torch.randn(7, 2)]
+    with make_adaptor(name) as adaptor:
+        adaptor.initialize_cache(tmp_path, disable_cache=True)
+        fn, handle = adaptor.compile(gm, args, {}, runtime_shape=None)
+        assert handle is None
+        assert fn is not None
+        torch.testing.assert_close(fn(*args), mm(*args))
+
+
+@pytest.mark.parametrize("name", COMPILING)
+def test_caller_graph_is_not_mutated_and_handle_loads_twice(tmp_path: Path, name: str) -> None:
+    gm = torch.fx.symbolic_trace(mm)
+    code_before = gm.code
+    args = [torch.randn(6, 7), torch.randn(7, 2)]
+    with make_adaptor(name) as adaptor:
+        adaptor.initialize_cache(tmp_path / "part", prefix="part")
+        fn, handle = adaptor.compile(gm, args, {"max_autotune": False}, runtime_shape=6)
+        assert fn is not None
+        assert handle is not None
+        assert handle.runtime_shape == 6
+        assert gm.code == code_before
+        first = adaptor.load(handle, gm, args, 0, runtime_shape=6)
+        second = adaptor.load(handle.to_json(), gm, args, 0, runtime_shape=6)
+        for f in (fn, first, second):
+            torch.testing.assert_close(f(*args), mm(*args))

@@ -113,7 +113,9 @@ def _check_load(result: dict[str, Any], case: roundtrip.Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_compile(roundtrip_run: dict[str, Any], case: roundtrip.Case, request: Any) -> None:
-    request.node.add_marker(pytest.mark.matrix_cell(case.adaptor, "compile"))
+    request.node.add_marker(
+        pytest.mark.matrix_cell(roundtrip.matrix_adaptor(case.adaptor), "compile")
+    )
     _skip_unavailable(case)
     entry = roundtrip_run["manifest"][case.name]
     assert entry["error"] is None, entry.get("trace") or entry["error"]
@@ -122,7 +124,7 @@ def test_compile(roundtrip_run: dict[str, Any], case: roundtrip.Case, request: A
         assert entry["handle"] is None
     else:
         handle = json.loads(entry["handle"])
-        assert handle["adaptor"] == case.adaptor
+        assert handle["adaptor"] == roundtrip.matrix_adaptor(case.adaptor)
         assert all(not os.path.isabs(str(v)) for v in handle.values() if isinstance(v, str))
 
 
@@ -130,7 +132,9 @@ def test_compile(roundtrip_run: dict[str, Any], case: roundtrip.Case, request: A
 def test_load_in_fresh_process(
     roundtrip_run: dict[str, Any], case: roundtrip.Case, request: Any
 ) -> None:
-    request.node.add_marker(pytest.mark.matrix_cell(case.adaptor, "load_fresh_process"))
+    request.node.add_marker(
+        pytest.mark.matrix_cell(roundtrip.matrix_adaptor(case.adaptor), "load_fresh_process")
+    )
     _skip_unavailable(case)
     _check_load(roundtrip_run["fresh"], case)
 
@@ -139,7 +143,9 @@ def test_load_in_fresh_process(
 def test_load_after_relocation(
     roundtrip_run: dict[str, Any], case: roundtrip.Case, request: Any
 ) -> None:
-    request.node.add_marker(pytest.mark.matrix_cell(case.adaptor, "load_relocated"))
+    request.node.add_marker(
+        pytest.mark.matrix_cell(roundtrip.matrix_adaptor(case.adaptor), "load_relocated")
+    )
     _skip_unavailable(case)
     assert roundtrip_run["base_gone"], (
         f"loading recreated the old cache directory: {roundtrip_run['recreated_at_old_place']}"

@@ -29,11 +29,14 @@ pytestmark = [
 #: (adaptor, source, shape, check) -> reason. `check` is "compile" or "load".
 GPU_XFAILS: dict[tuple[str, str, str, str], str] = {
     **{
-        ("inductor_standalone", "dynamo", "general", check): (
+        (adaptor, "dynamo", "general", check): (
             "torch 2.11 CUDA: standalone_compile(dynamic_shapes='from_tracing_context') adds a "
             "symbol without a source to Dynamo's ShapeEnv; guard building then raises 'sources "
             "must not be empty for symbol sN' (works on CPU)"
         )
+        # Not the unpacked variant: it runs after the binary one on the same symbolic graph, hits
+        # the caches that compile filled and so never lowers the graph itself; it passes.
+        for adaptor in ("inductor_standalone",)
         for check in ("compile", "load")
     },
     **{
@@ -42,7 +45,7 @@ GPU_XFAILS: dict[tuple[str, str, str, str], str] = {
             "re-benchmarks and rebuilds Triton kernels (ptxas) when loaded in a fresh process; "
             "its autotune results are keyed by absolute kernel paths"
         )
-        for adaptor in ("inductor", "inductor_standalone")
+        for adaptor in ("inductor", "inductor_standalone", "inductor_standalone_unpacked")
         for source in ("fx", "dynamo")
     },
 }

@@ -1,4 +1,4 @@
-"""InductorStandaloneAdaptor: ``torch._inductor.standalone_compile`` + ``CompiledArtifact``
+"""InductorStandaloneAdaptor: Inductor's ``standalone_compile`` + ``CompiledArtifact``
 (torch 2.8+). Each compiled graph is one self-describing artifact under the cache directory."""
 
 from __future__ import annotations

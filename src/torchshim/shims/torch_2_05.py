@@ -202,7 +202,7 @@ def lookup_fx_graph(
 ) -> Callable[[list[Any]], Any] | None:
     # torch 2.5: _lookup_graph(key, example_inputs, local, remote_cache) -> graph | None
     found = _fx_graph_cache()._lookup_graph(key, list(example_inputs), True, None)
-    return found if found is not None else None
+    return found
 
 
 def graph_returns_tuple(graph: Any) -> bool:

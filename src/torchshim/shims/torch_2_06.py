@@ -41,4 +41,4 @@ def lookup_fx_graph(
     found, _info = _fx_graph_cache()._lookup_graph(
         key, list(example_inputs), True, None, CompiledFxGraphConstantsWithGm(graph)
     )
-    return found if found is not None else None
+    return found

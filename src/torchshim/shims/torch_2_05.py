@@ -201,7 +201,9 @@ def lookup_fx_graph(
     key: str, example_inputs: Sequence[Any], graph: Any
 ) -> Callable[[list[Any]], Any] | None:
     # torch 2.5: _lookup_graph(key, example_inputs, local, remote_cache) -> graph | None
-    found = _fx_graph_cache()._lookup_graph(key, list(example_inputs), True, None)
+    found: Callable[[list[Any]], Any] | None = _fx_graph_cache()._lookup_graph(
+        key, list(example_inputs), True, None
+    )
     return found
 
 

@@ -38,6 +38,7 @@ def lookup_fx_graph(
     #               -> (graph | None, cache_info)
     from torch._inductor.output_code import CompiledFxGraphConstantsWithGm
 
+    found: Callable[[list[Any]], Any] | None
     found, _info = _fx_graph_cache()._lookup_graph(
         key, list(example_inputs), True, None, CompiledFxGraphConstantsWithGm(graph)
     )

@@ -106,9 +106,11 @@ class InductorAdaptor(CompilerInterface):
         keys = list(dict.fromkeys(capture.keys))
         if len(keys) != 1:
             log.warning(
-                "inductor compiled the graph but %d cache key(s) were captured (%d uncacheable "
-                "sub-graphs); returning it without a handle, so it will recompile next time",
+                "inductor compiled the graph but %d cache key(s) were captured (%d hashed, %d "
+                "uncacheable sub-graphs: a hashed graph without a key bypassed the FX graph "
+                "cache); returning it without a handle, so it will recompile next time",
                 len(keys),
+                len(set(capture.hashed)),
                 capture.uncacheable,
             )
             return compiled, None

@@ -76,10 +76,6 @@ class AlwaysHitShapeEnv:
         return ""
 
 
-def _make_shape_env() -> Any:
-    return AlwaysHitShapeEnv()
-
-
 def _fx_graph_cache() -> Any:
     from torch._inductor.codecache import FxGraphCache
 
@@ -132,7 +128,7 @@ def capture_fx_compilation() -> Iterator[FxCapture]:
 
 @contextlib.contextmanager
 def shape_env_stand_in() -> Iterator[None]:
-    stand_in = _make_shape_env()
+    stand_in = AlwaysHitShapeEnv()
     with patch_attr(_fx_graph_cache(), "_get_shape_env", staticmethod(lambda: stand_in)):
         yield
 

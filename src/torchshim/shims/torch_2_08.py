@@ -13,7 +13,7 @@ from typing import Any
 
 from torchshim._patching import patch_attr
 from torchshim.shims import torch_2_06 as _base
-from torchshim.shims.torch_2_05 import _fx_graph_cache, _make_shape_env
+from torchshim.shims.torch_2_05 import AlwaysHitShapeEnv, _fx_graph_cache
 from torchshim.shims.torch_2_06 import *  # noqa: F403  (everything that did not change)
 
 __all__ = list(_base.__all__)
@@ -50,7 +50,7 @@ def _shape_env_patches(stand_in: Any) -> Iterator[None]:
 
 
 def shape_env_stand_in() -> contextlib.AbstractContextManager[None]:
-    return _shape_env_patches(_make_shape_env())
+    return _shape_env_patches(AlwaysHitShapeEnv())
 
 
 def standalone_compile(

@@ -55,7 +55,15 @@ def _cmd_matrix_render(args: argparse.Namespace) -> int:
         return 2
     text = render(results)
     out = Path(args.out)
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(
+            f"torchshim: error: cannot write {out}: {exc.strerror or exc}. Pass --out a file in "
+            "an existing, writable directory.",
+            file=sys.stderr,
+        )
+        return 2
     print(f"wrote {out} from {len(results)} env result(s)")
     return 0
 

@@ -23,6 +23,7 @@ FEATURES: dict[str, str] = {
     "compile": "compile",
     "load_fresh_process": "load in a fresh process",
     "load_relocated": "load after relocation",
+    "third_party_model": "third-party model, compile + load (Dynamo, dynamic batch)",
 }
 
 _SYMBOL = {"pass": "✅", "fail": "❌", "skip": "➖", "xfail": "⚠️"}
@@ -98,7 +99,7 @@ def render(results: list[dict[str, Any]]) -> str:
         tests = (
             f"{p.get('passed', 0)} passed, {p.get('failed', 0)} failed, "
             f"{p.get('skipped', 0)} skipped, {p.get('xfailed', 0)} xfailed "
-            f"(exit {p.get('exitstatus', '?')}, {p.get('duration_s', '?')} s)"
+            f"(exit {p.get('exitstatus', '?')})"
         )
         doctor = (
             "all hooks ok"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from torchshim.cli import main
 from torchshim.matrix import aggregate_cell, load_results, render, write_result
 
 
@@ -51,3 +54,22 @@ def test_results_are_ordered_by_series_and_rendered(tmp_path: Path) -> None:
     assert "| inductor | compile | ✅ | ✅ |" in text
     assert "| inductor_standalone | compile | not run | not run |" in text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_render_leaves_out_volatile_figures(tmp_path: Path) -> None:
+    # the same results rendered twice, with different timings, give the same text
+    a, b = _result("torch210", "2.10", True), _result("torch210", "2.10", True)
+    b["pytest"]["duration_s"] = 99.0  # type: ignore[index]
+    assert render([a]) == render([b])
+
+
+def test_render_to_a_missing_directory_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_result(tmp_path / "torch210.json", _result("torch210", "2.10", True))
+    out = tmp_path / "no" / "such" / "dir" / "x.md"
+    code = main(["matrix", "render", "--results", str(tmp_path), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write" in err and str(out) in err
+    assert not out.exists()

@@ -18,7 +18,7 @@ from typing import cast
 
 from torchshim._version import TorchSeries, installed_torch_version, torch_series
 from torchshim.errors import CapabilityUnavailable, UnsupportedTorchVersion
-from torchshim.shims._protocol import FxCapture, ShimModule
+from torchshim.shims._protocol import FxCapture, GraphInputs, IsolatedCompile, ShimModule
 
 __all__ = [
     "ALLOW_UNTESTED_ENV",
@@ -27,6 +27,8 @@ __all__ = [
     "SUPPORTED_SERIES",
     "ActiveShim",
     "FxCapture",
+    "GraphInputs",
+    "IsolatedCompile",
     "ShimModule",
     "UntestedTorchWarning",
     "active",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["FxCapture", "ShimModule"]
+__all__ = ["FxCapture", "GraphInputs", "IsolatedCompile", "ShimModule"]
 
 
 @dataclass
@@ -16,8 +16,9 @@ class FxCapture:
 
     ``inner_compile`` is the wrapper to pass to ``compile_fx``; after the compile, ``keys`` holds the
     FX-graph-cache key of every graph Inductor compiled (one for an inference graph), ``hashed``
-    the keys seen by the ``compiled_fx_graph_hash`` hook, and ``module_paths`` the generated Python
-    modules' files.
+    the keys seen by the ``compiled_fx_graph_hash`` hook, ``module_paths`` the generated Python
+    modules' files, ``uncacheable`` how many graphs came back without a key and ``trivial`` how
+    many of those had no operation at all (Inductor runs such a graph as it is, compiling nothing).
     """
 
     inner_compile: Callable[..., Any] = field(repr=False)
@@ -25,6 +26,34 @@ class FxCapture:
     hashed: list[str] = field(default_factory=list)
     module_paths: list[str] = field(default_factory=list)
     uncacheable: int = 0
+    trivial: int = 0
+
+
+@dataclass(frozen=True)
+class GraphInputs:
+    """The symbols a graph's inputs carry (names such as ``"s0"``), in order of first appearance.
+
+    ``batch_symbol`` is the symbol that forms a whole leading dimension of the first input tensor
+    that has a symbolic one (the batch or token count engines specialise), else the first size
+    symbol; ``None`` when the inputs are static. ``batch_position`` says where its value can be
+    read from the inputs at call time: ``(index, None)`` for an int input, ``(index, dim)`` for a
+    tensor dimension. ``float_symbols`` are symbolic Python floats.
+    """
+
+    size_symbols: tuple[str, ...] = ()
+    float_symbols: tuple[str, ...] = ()
+    batch_symbol: str | None = None
+    batch_position: tuple[int, int | None] | None = None
+
+
+@dataclass
+class IsolatedCompile:
+    """What ``isolated_inputs`` yields: the inputs to compile with and, once the block has ended,
+    the guards the compile added (JSON texts over the graph's input symbols; see
+    ``install_guards``)."""
+
+    inputs: list[Any]
+    guards: list[str] = field(default_factory=list)
 
 
 class ShimModule(Protocol):
@@ -50,8 +79,18 @@ class ShimModule(Protocol):
         """Make ``FxGraphCache._check_can_cache`` accept every graph (higher-order ops included)."""
         ...
 
+    def force_autograd_cacheable(self) -> AbstractContextManager[None]:
+        """Make AOTAutograd's cache accept every node (standalone artifacts need its entry)."""
+        ...
+
     def metrics_context(self) -> AbstractContextManager[None]:
         """Enter Dynamo's metrics context where the series has one (a no-op otherwise)."""
+        ...
+
+    def private_kernel_cache(self, directory: str) -> AbstractContextManager[None]:
+        """Inductor's and Triton's caches in ``directory`` (``inductor/``, ``triton/``) for the
+        block, with Inductor's in-memory code caches cleared, so that a compile writes, and a load
+        reads, every file it needs there."""
         ...
 
     def remote_caches_off(self) -> AbstractContextManager[None]:
@@ -82,8 +121,44 @@ class ShimModule(Protocol):
         """Look a compiled graph up by key (no compilation); ``None`` on a miss."""
         ...
 
+    def capture_config(self) -> AbstractContextManager[None]:
+        """Dynamo configuration under which a compiling and a loading process trace the same
+        graph (Python floats specialised, so no compile-triggered re-trace)."""
+        ...
+
+    def dynamo_control_flow(self) -> tuple[type[BaseException], ...]:
+        """Exceptions Dynamo raises through a backend as control flow (re-trace, skip a frame):
+        an adaptor must let them pass, never treat them as a rejected graph."""
+        ...
+
     def graph_returns_tuple(self, graph: Any) -> bool:
         """Whether the FX graph returns a tuple (else a single value)."""
+        ...
+
+    # --- shapes -----------------------------------------------------------------------------------
+    def describe_graph_inputs(self, graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:
+        """The size and float symbols of the graph's inputs (from the examples or the graph's
+        placeholder metadata), and which one is the batch."""
+        ...
+
+    def isolated_inputs(
+        self, graph: Any, example_inputs: Sequence[Any], bindings: Mapping[str, int]
+    ) -> AbstractContextManager[IsolatedCompile]:
+        """Inside the block: a copy of the inputs' shape environment (Dynamo's stays untouched)
+        and fake inputs over it, with the value ``bindings`` gives a symbol (``{"s0": 8}``
+        specialises ``s0``); after it, the guards the compile added."""
+        ...
+
+    def install_guards(
+        self, graph: Any, example_inputs: Sequence[Any], guards: Sequence[str]
+    ) -> bool:
+        """Have the inputs' shape environment (Dynamo's, inside a backend) guard on ``guards``
+        (recorded by ``isolated_inputs``); ``False`` when one does not hold for these inputs."""
+        ...
+
+    def specialize_float_inputs(self, graph: Any) -> None:
+        """Inside a Dynamo backend: when the graph carries Python floats as inputs, ask Dynamo to
+        re-trace with them specialised (raises Dynamo's restart); returns when it has none."""
         ...
 
     # --- standalone_compile (InductorStandaloneAdaptor) ----------------------------------------

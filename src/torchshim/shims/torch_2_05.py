@@ -7,13 +7,15 @@ Torch's private modules are imported inside the functions, so this module import
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from torchshim._patching import patch_attr
+from torchshim._patching import patch_attr, patch_environ
 from torchshim.shims._common import config_patch_existing, stable_digest, stable_json
 from torchshim.shims._common import walk_module_file as _walk_module_file
 from torchshim.shims._protocol import FxCapture
+from torchshim.shims._shape_env import describe_graph_inputs, install_guards, isolated_inputs
 
 __all__ = [
     "CAPABILITIES",
@@ -21,20 +23,28 @@ __all__ = [
     "PATCH_TARGETS",
     "AlwaysHitShapeEnv",
     "autograd_cache_off",
+    "capture_config",
     "capture_fx_compilation",
     "compile_counters",
     "compile_fx",
     "compiled_fx_graph_hash_hook",
+    "describe_graph_inputs",
+    "dynamo_control_flow",
+    "force_autograd_cacheable",
     "force_cacheable",
     "graph_returns_tuple",
     "hash_factors",
     "in_tracing_context",
+    "install_guards",
+    "isolated_inputs",
     "load_compiled_artifact",
     "lookup_fx_graph",
     "metrics_context",
+    "private_kernel_cache",
     "remote_caches_off",
     "save_compiled_artifact",
     "shape_env_stand_in",
+    "specialize_float_inputs",
     "standalone_compile",
     "warm_up_cpu",
 ]
@@ -106,9 +116,12 @@ def compiled_fx_graph_hash_hook() -> Iterator[list[str]]:
 
 @contextlib.contextmanager
 def capture_fx_compilation() -> Iterator[FxCapture]:
+    from torch._dynamo.utils import count_calls
     from torch._inductor.compile_fx import compile_fx_inner
 
     def inner_compile(gm: Any, example_inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if count_calls(gm.graph) == 0:  # compile_fx_inner returns such graphs as they are
+            capture.trivial += 1
         out = compile_fx_inner(gm, example_inputs, *args, **kwargs)
         key = getattr(out, "_fx_graph_cache_key", None)
         if isinstance(key, str):
@@ -144,9 +157,35 @@ def force_cacheable() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def force_autograd_cacheable() -> Iterator[None]:
+    # Only standalone_compile (torch >= 2.8) needs AOTAutograd's cache; nothing to force here.
+    yield
+
+
+@contextlib.contextmanager
 def metrics_context() -> Iterator[None]:
     # torch 2.5 has no Dynamo metrics context (get_metrics_context appears in 2.6).
     yield
+
+
+@contextlib.contextmanager
+def private_kernel_cache(directory: str) -> Iterator[None]:
+    # Inductor reads TORCHINDUCTOR_CACHE_DIR (and Triton TRITON_CACHE_DIR) on every use, torch
+    # 2.5 - 2.15; its in-memory code caches are dropped on both sides so that everything a compile
+    # needs is written into (and everything a load needs is read from) this directory.
+    from torch._inductor.utils import clear_inductor_caches
+
+    clear_inductor_caches()
+    try:
+        with patch_environ(
+            {
+                "TORCHINDUCTOR_CACHE_DIR": os.path.join(directory, "inductor"),
+                "TRITON_CACHE_DIR": os.path.join(directory, "triton"),
+            }
+        ):
+            yield
+    finally:
+        clear_inductor_caches()
 
 
 @contextlib.contextmanager
@@ -207,6 +246,30 @@ def graph_returns_tuple(graph: Any) -> bool:
     from torch._inductor.compile_fx import graph_returns_tuple as _returns_tuple
 
     return bool(_returns_tuple(graph))
+
+
+@contextlib.contextmanager
+def capture_config() -> Iterator[None]:
+    import torch._dynamo.config as dynamo_config
+
+    # specialize_float exists on torch 2.5 - 2.15 (True by default on 2.5, False from 2.6, when
+    # Dynamo began tracing Python floats symbolically and Inductor re-tracing to specialise them).
+    with dynamo_config.patch(specialize_float=True):
+        yield
+
+
+def dynamo_control_flow() -> tuple[type[BaseException], ...]:
+    # RestartAnalysis (TensorifyScalarRestartAnalysis and its siblings) and SkipFrame exist on
+    # torch 2.5 - 2.15: Dynamo raises them through a backend to re-trace or skip a frame.
+    from torch._dynamo import exc
+
+    return (exc.RestartAnalysis, exc.SkipFrame)
+
+
+def specialize_float_inputs(graph: Any) -> None:
+    # torch 2.5 specialises Python floats while tracing (specialize_float defaults to True there),
+    # so its graphs never carry float inputs to specialise.
+    return None
 
 
 # --- standalone_compile: absent before torch 2.8 -------------------------------------------------

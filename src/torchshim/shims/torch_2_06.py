@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torchshim.shims import torch_2_05 as _base
+from torchshim.shims._shape_env import tensorified_floats
 from torchshim.shims.torch_2_05 import *  # noqa: F403  (everything that did not change)
 from torchshim.shims.torch_2_05 import _fx_graph_cache
 
@@ -43,3 +44,19 @@ def lookup_fx_graph(
         key, list(example_inputs), True, None, CompiledFxGraphConstantsWithGm(graph)
     )
     return found
+
+
+def specialize_float_inputs(graph: Any) -> None:
+    # torch >= 2.6: Dynamo traces Python floats as 0-d tensor inputs; Inductor's
+    # tensorify_python_scalars pass may later ask Dynamo, through TensorifyScalarRestartAnalysis,
+    # to re-trace with some of them specialised (named in TensorifyState). Asking for all of them
+    # up front gives every process the same graph, whether it compiles or loads.
+    names = tensorified_floats(graph)
+    if not names:
+        return
+    from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+    from torch._dynamo.symbolic_convert import TensorifyState
+
+    for name in names:
+        TensorifyState.specialize(name)
+    raise TensorifyScalarRestartAnalysis

@@ -29,6 +29,7 @@ CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {
 PATCH_TARGETS: tuple[str, ...] = (
     *_base.PATCH_TARGETS,
     "torch._functorch._aot_autograd.autograd_cache.AOTAutogradCache._get_shape_env",
+    "torch._functorch._aot_autograd.autograd_cache.check_node_safe",
 )
 
 
@@ -51,6 +52,23 @@ def _shape_env_patches(stand_in: Any) -> Iterator[None]:
 
 def shape_env_stand_in() -> contextlib.AbstractContextManager[None]:
     return _shape_env_patches(AlwaysHitShapeEnv())
+
+
+def _node_is_safe(node: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def force_autograd_cacheable() -> Iterator[None]:
+    # torch >= 2.8 (standalone_compile): AOTAutogradCache refuses graphs with a call_method whose
+    # receiver has no example_value (every torch.fx.symbolic_trace graph: `x.sum()`) or a call of
+    # a function outside its allow-list; the artifact then cannot be saved ("no aot_autograd
+    # artifacts"). A standalone artifact is found by torchshim's own key, and AOTAutograd traces
+    # through those calls, so the compiled artifact does not depend on them.
+    from torch._functorch._aot_autograd import autograd_cache
+
+    with patch_attr(autograd_cache, "check_node_safe", _node_is_safe):
+        yield
 
 
 def standalone_compile(

@@ -9,7 +9,9 @@ __all__ = [
     "AdaptorConfigError",
     "ArtifactMissingError",
     "ArtifactUnreadableError",
+    "CacheCorruptionError",
     "CacheDirError",
+    "CacheLockTimeout",
     "CapabilityUnavailable",
     "ForeignHandleError",
     "HandleFormatError",
@@ -77,6 +79,14 @@ class AdaptorConfigError(TorchShimError, ValueError):
 
 class CacheDirError(TorchShimError, OSError):
     """A cache directory cannot be used (not a directory, not writable, ...)."""
+
+
+class CacheCorruptionError(TorchShimError, RuntimeError):
+    """A cache entry failed verification and TORCHSHIM_STRICT=1 asks for an error, not a miss."""
+
+
+class CacheLockTimeout(TorchShimError, TimeoutError):
+    """Another process held a cache entry's lock for longer than the timeout."""
 
 
 class UnsupportedGraphError(TorchShimError, ValueError):

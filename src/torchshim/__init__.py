@@ -5,6 +5,7 @@ The public names are re-exported here; see the README for the CLI.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from torchshim._version import TorchSeries, parse_series, torch_series
@@ -51,11 +52,26 @@ __all__ = [
     "UnsupportedTorchVersion",
     "UntestedTorchWarning",
     "capabilities",
+    "capture_config",
     "hook_report",
     "make_adaptor",
     "parse_series",
     "torch_series",
 ]
+
+
+def capture_config() -> AbstractContextManager[None]:
+    """Dynamo settings under which every process traces a model to the same graphs.
+
+    Use it around the first call of a ``torch.compile``-d model whose backend calls the adaptors
+    (torchshim's backend does this itself). By default Dynamo traces Python floats symbolically and
+    Inductor, while compiling, may ask it to re-trace with them specialised; a process that loads
+    instead of compiling never gets that request and sees a different graph, so its cache look-ups
+    miss. Inside this block floats are specialised up front (``specialize_float=True``).
+    """
+    from torchshim.shims import active
+
+    return active().module.capture_config()
 
 
 def hook_report() -> HookReport:

@@ -58,14 +58,22 @@ def f_tuple(x, w):  # type: ignore[no-untyped-def]
     return torch.softmax(h, dim=-1), h * 2
 
 
-FUNCS: dict[str, Callable[..., Any]] = {"single": f_single, "tuple": f_tuple}
+def f_methods(x, w):  # type: ignore[no-untyped-def]
+    # what users write: tensor-method calls, torch.nn.functional calls and .shape reads (a traced
+    # graph's call_method nodes carry no example values, which AOTAutograd's cache refused)
+    h = torch.nn.functional.layer_norm(x, (x.shape[-1],))
+    y = torch.tanh(h @ w) * 3 + x.sum(-1, keepdim=True)
+    return y.relu().view(x.shape[0], -1).softmax(-1)
+
+
+FUNCS: dict[str, Callable[..., Any]] = {"single": f_single, "tuple": f_tuple, "methods": f_methods}
 
 
 @dataclass(frozen=True)
 class Case:
     adaptor: str
     source: str  # "fx" | "dynamo"
-    output: str  # "single" | "tuple"
+    output: str  # "single" | "tuple" | "methods"
     shape: str  # "general" | "int"
     batch: int
 
@@ -88,9 +96,9 @@ def all_cases(adaptors: tuple[str, ...]) -> list[Case]:
     process), so that no case is an accidental cache hit of another."""
     cases = []
     for adaptor in adaptors:
-        batch = 3 + 8 * ADAPTORS.index(adaptor)
+        batch = 3 + 12 * ADAPTORS.index(adaptor)
         for source in ("fx", "dynamo"):
-            for output in ("single", "tuple"):
+            for output in FUNCS:
                 for shape in ("general", "int"):
                     cases.append(Case(adaptor, source, output, shape, batch))
                     batch += 1

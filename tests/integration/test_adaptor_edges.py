@@ -32,7 +32,8 @@ def test_rejected_graph_returns_nothing_and_logs_why(
         adaptor.initialize_cache(tmp_path)
         assert adaptor.compile(gm, bad_inputs, {}, runtime_shape=2) == (None, None)
     assert any("rejected graph" in r.getMessage() for r in caplog.records)
-    assert not list(tmp_path.rglob("artifact_*"))  # nothing half-written
+    assert not list((tmp_path / "entries").rglob("*"))  # nothing stored
+    assert not list((tmp_path / "tmp").iterdir())  # nothing half-written left behind
 
 
 @pytest.mark.parametrize("name", COMPILING)

@@ -33,8 +33,10 @@ def test_annotated_graph_saves_and_loads(tmp_path: Path, artifact_format: str) -
         adaptor.initialize_cache(tmp_path / "part", prefix="part")
         fn, handle = adaptor.compile(gm, args, {}, runtime_shape=5)
         assert fn is not None and handle is not None
-        assert (tmp_path / handle.path).exists()  # type: ignore[attr-defined]
-        assert not list((tmp_path / "part").glob(".*.tmp"))  # published atomically, no leftovers
+        entry = adaptor.store.entry_dir(handle.entry)  # type: ignore[union-attr, attr-defined]
+        assert (entry / handle.path).exists()  # type: ignore[attr-defined]
+        assert (entry / "manifest.json").exists()
+        assert not list((tmp_path / "tmp").iterdir())  # published atomically, no leftovers
         loaded = adaptor.load(handle.to_json(), gm, args, 0, runtime_shape=5)
         torch.testing.assert_close(loaded(*args), annotated(*args))
         torch.testing.assert_close(fn(*args), annotated(*args))

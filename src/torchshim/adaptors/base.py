@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -16,14 +18,17 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from torchshim._patching import patch_environ
+from torchshim.cache import CacheStore
 from torchshim.errors import (
     AdaptorConfigError,
-    CacheDirError,
+    ArtifactMissingError,
+    ArtifactUnreadableError,
     ForeignHandleError,
     HandleFormatError,
+    TorchShimError,
     UnsupportedGraphError,
 )
-from torchshim.shims import active
+from torchshim.shims import GraphInputs, IsolatedCompile, active
 from torchshim.shims._common import stable_json
 
 __all__ = [
@@ -31,9 +36,13 @@ __all__ = [
     "CompiledCallable",
     "CompilerInterface",
     "EagerHandle",
+    "GraphInputs",
     "Handle",
     "InductorHandle",
     "StandaloneHandle",
+    "StoredCompiler",
+    "graph_digest",
+    "graph_inputs",
     "handle_from_json",
     "parameter_constants",
 ]
@@ -41,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the on-disk layout or the handle schema changes; part of every compiler hash.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 CompiledCallable = Callable[..., Any]
 H = TypeVar("H", bound="Handle")
@@ -53,7 +62,10 @@ TRITON_SUBDIR = "triton"
 @dataclass(frozen=True)
 class Handle:
     """What ``load`` needs to find a compiled artifact again, in a fresh process or on another
-    machine. Holds no absolute path: ``path`` fields are relative to the cache base directory."""
+    machine. Holds no absolute path: ``path`` fields are relative to the cache base directory.
+    ``guards`` (compiling handles) are the conditions on the inputs' symbolic sizes Inductor
+    assumed while compiling; ``load`` has Dynamo guard on them, as it would have after a compile.
+    """
 
     adaptor: str
     format_version: int
@@ -77,20 +89,28 @@ class EagerHandle(Handle):
 
 @dataclass(frozen=True)
 class InductorHandle(Handle):
-    """An FX-graph-cache entry: its key, and the generated module (for humans, relative)."""
+    """A cache-store entry holding Inductor's FX-graph-cache entry and everything it loads; the
+    FX-graph-cache key; the generated module inside the entry (for humans). ``key=None``: the
+    graph has no operation, so Inductor compiled nothing and it runs as is."""
 
-    key: str
+    entry: str
+    key: str | None
     module_path: str | None = None
+    guards: tuple[str, ...] = ()
 
     kind: ClassVar[str] = "inductor"
 
 
 @dataclass(frozen=True)
 class StandaloneHandle(Handle):
-    """A saved ``CompiledArtifact``: where it lies (relative) and in which format."""
+    """A cache-store entry holding a saved ``CompiledArtifact`` (``path`` inside the entry, in
+    ``artifact_format``) and the kernels it loads. ``artifact_format="none"``: the graph has no
+    operation, nothing was compiled, and it runs as is."""
 
+    entry: str
     path: str
     artifact_format: str
+    guards: tuple[str, ...] = ()
 
     kind: ClassVar[str] = "inductor_standalone"
 
@@ -116,6 +136,11 @@ def handle_from_json(text: str | bytes) -> Handle:
             "written by another program or a newer torchshim; recompile."
         )
     names = {f.name for f in fields(cls)}
+    guards = data.get("guards")
+    if guards is not None:
+        if not isinstance(guards, list) or not all(isinstance(g, str) for g in guards):
+            raise HandleFormatError(f"{kind} handle: guards must be a list of strings; recompile")
+        data["guards"] = tuple(guards)
     unknown = set(data) - names
     if unknown:
         raise HandleFormatError(f"{kind} handle has unknown fields {sorted(unknown)}; recompile")
@@ -127,10 +152,40 @@ def handle_from_json(text: str | bytes) -> Handle:
         value = getattr(handle, field_name, None)
         if isinstance(value, str) and (os.path.isabs(value) or ".." in Path(value).parts):
             raise HandleFormatError(
-                f"{kind} handle holds a path outside its cache directory ({value!r}); handles "
-                "hold paths relative to the cache directory only"
+                f"{kind} handle holds a path outside its cache entry ({value!r}); handles "
+                "hold paths relative to their entry only"
             )
+    entry = getattr(handle, "entry", "")
+    if entry is not None and not (
+        isinstance(entry, str) and entry and all(c in "0123456789abcdef" for c in entry)
+    ):
+        raise HandleFormatError(f"{kind} handle names no valid cache entry ({entry!r}); recompile")
     return handle
+
+
+def graph_digest(graph: Any, example_inputs: Sequence[Any]) -> str:
+    """A key for a compile when the caller gives none: the graph's code and its inputs' metadata
+    (symbolic sizes as Dynamo named them, so every batch size of one trace gets the same key)."""
+    nodes = [
+        n for n in getattr(getattr(graph, "graph", None), "nodes", ()) if n.op == "placeholder"
+    ]
+    text = [str(getattr(graph, "code", graph))]
+    for index, value in enumerate(example_inputs):
+        meta = nodes[index].meta.get("example_value") if index < len(nodes) else None
+        shown = meta if meta is not None and hasattr(meta, "shape") else value
+        shape = getattr(shown, "shape", None)
+        text.append(
+            f"{type(value).__name__}:{getattr(shown, 'dtype', '')}:"
+            f"{getattr(shown, 'device', '')}:{tuple(shape) if shape is not None else shown!r}"
+        )
+    return hashlib.sha256("\n".join(text).encode()).hexdigest()[:32]
+
+
+def graph_inputs(graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:
+    """The size symbols of a graph's inputs (Dynamo's, for a graph a backend receives), which one
+    is the batch that ``runtime_shape`` specialises, and where its value is read at call time
+    (``batch_position``), so a dispatcher can route each call to the artifact of its size."""
+    return active().module.describe_graph_inputs(graph, example_inputs)
 
 
 def parameter_constants(graph: Any) -> list[str]:
@@ -154,6 +209,27 @@ def parameter_constants(graph: Any) -> list[str]:
     return found
 
 
+_warned_float_graphs: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _warn_float_symbols(adaptor: str, symbols: tuple[str, ...]) -> None:
+    """Say once per graph shape why a graph with symbolic Python floats is a problem for caching."""
+    key = (adaptor, symbols)
+    if key in _warned_float_graphs:
+        return
+    _warned_float_graphs.add(key)
+    log.warning(
+        "%s: the graph has Python floats as symbolic inputs (%s), as Dynamo traces them unless "
+        "floats are specialised. A compiling process would end with another graph than a "
+        "loading process gets, so cached entries would never be found: torchshim asks Dynamo to "
+        "re-trace with these floats specialised. Capture under `with torchshim.capture_config():` "
+        "(torch._dynamo.config.specialize_float=True), as torchshim's backend does, to trace "
+        "once.",
+        adaptor,
+        ", ".join(symbols),
+    )
+
+
 class _CacheEnvironment:
     """Points Inductor's and Triton's caches inside one base directory, process-wide, for as long
     as an adaptor holds it. Reference-counted; restored when the last holder closes."""
@@ -164,7 +240,7 @@ class _CacheEnvironment:
     _stack: contextlib.ExitStack | None = None
 
     @classmethod
-    def acquire(cls, base: Path) -> None:
+    def acquire(cls, base: Path, kernels: Path) -> None:
         with cls._lock:
             if cls._holders and cls._base != base:
                 raise AdaptorConfigError(
@@ -177,8 +253,8 @@ class _CacheEnvironment:
                 stack.enter_context(
                     patch_environ(
                         {
-                            "TORCHINDUCTOR_CACHE_DIR": str(base / INDUCTOR_SUBDIR),
-                            "TRITON_CACHE_DIR": str(base / TRITON_SUBDIR),
+                            "TORCHINDUCTOR_CACHE_DIR": str(kernels / INDUCTOR_SUBDIR),
+                            "TRITON_CACHE_DIR": str(kernels / TRITON_SUBDIR),
                         }
                     )
                 )
@@ -213,6 +289,8 @@ class CompilerInterface(abc.ABC):
         self.base_cache_dir: Path | None = None
         self.prefix = ""
         self.disable_cache = False
+        self.store: CacheStore | None = None
+        self._scratch: Path | None = None
         self._holds_env = False
         self._hash: str | None = None
 
@@ -221,8 +299,13 @@ class CompilerInterface(abc.ABC):
         self, cache_dir: str | os.PathLike[str], disable_cache: bool = False, prefix: str = ""
     ) -> None:
         """Adopt ``cache_dir``. With ``prefix`` (``cache_dir=/c/backbone, prefix="backbone"``) the
-        base directory, which holds Inductor's and Triton's caches, is ``/c``, shared by every
-        part of a model; artifacts of this part go under ``cache_dir``."""
+        base directory, the cache store every part of a model shares, is ``/c``; this part's
+        entries are told apart by the prefix.
+
+        The base directory is a :class:`~torchshim.cache.CacheStore`: created with mode 0700 when
+        missing; not used (one warning, nothing cached) when another user owns it or group or
+        others can write it, unless ``TORCHSHIM_CACHE_SHARED=1``; read-only: entries load,
+        compiles are kept in memory."""
         path = Path(cache_dir).expanduser().absolute()
         base = path
         if prefix:
@@ -232,29 +315,41 @@ class CompilerInterface(abc.ABC):
                     f"cache_dir=<base>/{prefix} (the base directory is shared by all prefixes)"
                 )
             base = path.parent
-        for directory in (path, base / INDUCTOR_SUBDIR, base / TRITON_SUBDIR):
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise CacheDirError(
-                    f"cannot create cache directory {directory}: {exc.strerror or exc}. Pass a "
-                    "writable directory as cache_dir."
-                ) from exc
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise CacheDirError(f"cache directory {path} is not writable; pass a writable one")
+        store = CacheStore(base)
         self.close()
         self.cache_dir, self.base_cache_dir = path, base
         self.prefix, self.disable_cache = prefix, disable_cache
+        self.store = store
         if self.name != "eager":
-            _CacheEnvironment.acquire(base)
+            # Inductor's and Triton's own caches, for what runs outside a compile or a load
+            # (runtime autotuning): inside the base, or a private directory where it is read-only
+            kernels = base if store.writable else self._scratch_root()
+            _CacheEnvironment.acquire(base, kernels)
             self._holds_env = True
         self._hash = None
 
+    def _scratch_root(self) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="torchshim-kernels-"))
+        return self._scratch
+
+    @property
+    def persists(self) -> bool:
+        """Whether compiles are stored (a trusted, writable cache, caching not disabled)."""
+        store = self.store
+        return store is not None and store.enabled and store.writable and not self.disable_cache
+
     def close(self) -> None:
-        """Give back the process-wide state this adaptor changed (environment variables)."""
+        """Give back the process-wide state this adaptor changed (environment variables) and the
+        private copies of the entries it loaded."""
         if self._holds_env:
             _CacheEnvironment.release()
             self._holds_env = False
+        if self.store is not None:
+            self.store.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def __enter__(self) -> CompilerInterface:
         return self
@@ -274,13 +369,62 @@ class CompilerInterface(abc.ABC):
             )
         return self.base_cache_dir
 
-    def _relative(self, path: str | os.PathLike[str] | None) -> str | None:
-        if path is None or self.base_cache_dir is None:
+    def entry_id(self, key: str, runtime_shape: int | None) -> str:
+        """The cache-store entry of a compile: this adaptor, its compiler hash, the prefix, the
+        caller's key and the shape, hashed (the caller's key may be any text)."""
+        text = stable_json([self.name, self._current_hash(), self.prefix, key, runtime_shape])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def cached_handle(self, key: str, runtime_shape: int | None = None) -> Handle | None:
+        """The handle of an earlier compile with this ``key`` and shape in the cache store, or
+        ``None`` (not there, from another build, or failing verification: then quarantined)."""
+        store = self.store
+        if store is None or not store.enabled or self.disable_cache:
+            return None
+        entry = self.entry_id(key, runtime_shape)
+        manifest = store.read_manifest(entry, {"build": self._current_hash()})
+        if manifest is None:
             return None
         try:
-            return Path(path).absolute().relative_to(self.base_cache_dir).as_posix()
-        except ValueError:
+            return handle_from_json(str(manifest["meta"]["handle"]))
+        except (KeyError, TypeError, HandleFormatError):
+            store.count("corrupt", entry)
             return None
+
+    def _entry_meta(self, handle: Handle, key: str) -> dict[str, Any]:
+        return {
+            "build": self._current_hash(),
+            "adaptor": self.name,
+            "runtime_shape": handle.runtime_shape,
+            "handle": handle.to_json(),
+            "factors": self.compute_hash_factors(),
+            "key": key,
+        }
+
+    def _checkout(self, handle: Handle, graph_index: int) -> Path:
+        """A verified private copy of the handle's entry (the files a load reads and imports)."""
+        base = self._require_cache()
+        store = self.store
+        entry = str(getattr(handle, "entry", ""))
+        if store is None or not store.enabled:
+            raise ArtifactMissingError(
+                f"graph {graph_index}: the cache directory {base} is not in use "
+                f"({store.reason if store else 'no store'}); recompile"
+            )
+        existed = store.exists(entry)
+        copy = store.checkout(entry, {"build": self._current_hash()})
+        if copy is None:
+            if existed:
+                raise ArtifactUnreadableError(
+                    f"graph {graph_index}: cache entry {entry} failed verification and was moved "
+                    f"aside (see {base / 'quarantine'}); treat it as a miss and recompile"
+                )
+            raise ArtifactMissingError(
+                f"graph {graph_index}: cache entry {entry} is not in {base}: it was pruned, never "
+                "copied with the cache directory, or belongs to another torch build. Treat it as "
+                "a miss and recompile."
+            )
+        return copy
 
     # -- hashing -------------------------------------------------------------------------------
     def compute_hash_factors(self) -> dict[str, str]:
@@ -344,6 +488,86 @@ class CompilerInterface(abc.ABC):
             config.setdefault("coordinate_descent_tuning", True)
         return config
 
+    def _same_graph_everywhere(self, graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:
+        """Describe the graph's inputs; inside a Dynamo trace, first have Dynamo re-trace a graph
+        that carries Python floats as inputs with them specialised, in compiling and loading
+        processes alike, so that both end with the same graph."""
+        shim = active().module
+        described = shim.describe_graph_inputs(graph, example_inputs)
+        if described.float_symbols:
+            _warn_float_symbols(self.name, described.float_symbols)
+            if shim.in_tracing_context():
+                shim.specialize_float_inputs(graph)  # raises Dynamo's restart
+        return described
+
+    def _passthrough(self) -> tuple[type[BaseException], ...]:
+        """Exceptions a compile lets through untouched: torchshim's own and Dynamo's control
+        flow (a request to re-trace is never a rejected graph)."""
+        return (TorchShimError, *active().module.dynamo_control_flow())
+
+    def _compile_inputs(
+        self, graph: Any, example_inputs: Sequence[Any], runtime_shape: int | None
+    ) -> contextlib.AbstractContextManager[IsolatedCompile]:
+        """Fake inputs in a shape environment of their own (Dynamo's is never touched), with the
+        batch symbol bound to ``runtime_shape`` when the compile is specialised."""
+        shim = active().module
+        described = self._same_graph_everywhere(graph, example_inputs)
+        bindings: dict[str, int] = {}
+        if isinstance(runtime_shape, int):
+            if isinstance(runtime_shape, bool) or runtime_shape < 0:
+                raise AdaptorConfigError(
+                    f"runtime_shape must be None (general) or a batch size >= 0, got "
+                    f"{runtime_shape!r}"
+                )
+            if described.batch_symbol is not None:
+                bindings[described.batch_symbol] = runtime_shape
+        return shim.isolated_inputs(graph, example_inputs, bindings)
+
+    def _accept_guards(
+        self,
+        guards: Sequence[str],
+        graph: Any,
+        example_inputs: Sequence[Any],
+        runtime_shape: int | None,
+    ) -> bool:
+        """Whether a compile that made Inductor assume ``guards`` can be used. A specialised
+        compile must not depend on any size but the batch (it would serve calls those guards do
+        not hold for, and Dynamo's frame must not be guarded by it); a general one makes
+        Dynamo guard on them here, as a loading process will."""
+        if not guards:
+            return True
+        if isinstance(runtime_shape, int):
+            log.warning(
+                "%s: specialising for batch size %d made Inductor assume conditions on other "
+                "input sizes (%d guard(s), e.g. %s); not using it, the general graph serves that "
+                "size",
+                self.name,
+                runtime_shape,
+                len(guards),
+                guards[0][:120],
+            )
+            return False
+        return active().module.install_guards(graph, example_inputs, guards)
+
+    def _replay_guards(
+        self, handle: Handle, graph: Any, example_inputs: Sequence[Any], graph_index: int
+    ) -> None:
+        guards: tuple[str, ...] = getattr(handle, "guards", ())
+        if not guards:
+            return
+        try:
+            holds = active().module.install_guards(graph, example_inputs, guards)
+        except (ValueError, TypeError) as exc:
+            raise ForeignHandleError(
+                f"graph {graph_index}: the handle's guards cannot be applied to this graph "
+                f"({exc}); recompile"
+            ) from exc
+        if not holds:
+            raise ForeignHandleError(
+                f"graph {graph_index}: the artifact was compiled assuming conditions on the input "
+                "sizes that these inputs do not meet; recompile for them"
+            )
+
     def _reject_parameter_constants(self, graph: Any) -> None:
         consts = parameter_constants(graph)
         if consts:
@@ -379,3 +603,90 @@ class CompilerInterface(abc.ABC):
         runtime_shape: int | None = None,
     ) -> CompiledCallable:
         """Turn ``handle`` into a callable without compiling; a :class:`LoadError` otherwise."""
+
+
+class StoredCompiler(CompilerInterface):
+    """A compiler whose every compile becomes one cache-store entry: the compile writes into the
+    entry's staging directory (Inductor's and Triton's caches pointed there), the entry is
+    published when the compile succeeded, and a load reads a verified private copy of it.
+    Subclasses provide :meth:`_compile` and :meth:`_load`."""
+
+    handle_type: ClassVar[type[Handle]] = Handle
+
+    @abc.abstractmethod
+    def _compile(
+        self,
+        graph: Any,
+        example_inputs: Sequence[Any],
+        config: dict[str, Any],
+        runtime_shape: int | None,
+        workdir: Path,
+    ) -> tuple[CompiledCallable | None, dict[str, Any] | None]:
+        """Compile with everything written under ``workdir``; the callable and the handle's own
+        fields, or ``None`` fields when the result cannot be stored."""
+
+    @abc.abstractmethod
+    def _load(
+        self, handle: Any, workdir: Path, graph: Any, example_inputs: Sequence[Any], index: int
+    ) -> CompiledCallable:
+        """Load ``handle`` from ``workdir`` (a verified copy of its entry)."""
+
+    def _trivial(self, handle: Any) -> bool:
+        """Whether the handle says the graph runs as it is (nothing was compiled)."""
+        return False
+
+    def compile(
+        self,
+        graph: Any,
+        example_inputs: Sequence[Any],
+        compiler_config: dict[str, Any] | None,
+        runtime_shape: int | None = None,
+        key: str | None = None,
+    ) -> tuple[CompiledCallable | None, Handle | None]:
+        self._require_cache()
+        self._reject_parameter_constants(graph)
+        config = self._compile_config(compiler_config, runtime_shape)
+        store = self.store
+        if not self.persists or store is None:
+            with tempfile.TemporaryDirectory(prefix="torchshim-compile-") as workdir:
+                fn, _fields = self._compile(
+                    graph, example_inputs, config, runtime_shape, Path(workdir)
+                )
+            return fn, None
+        text_key = key or graph_digest(graph, example_inputs)
+        entry = self.entry_id(text_key, runtime_shape)
+        with store.writer(entry, text_key) as writer:
+            fn, fields = self._compile(graph, example_inputs, config, runtime_shape, writer.path)
+            if fn is None or fields is None:
+                return fn, None
+            factory: Any = self.handle_type
+            handle = factory(
+                adaptor=self.name,
+                format_version=CACHE_FORMAT_VERSION,
+                compiler_hash=self._current_hash(),
+                runtime_shape=runtime_shape,
+                entry=entry,
+                **fields,
+            )
+            writer.commit(self._entry_meta(handle, text_key))
+        return fn, handle
+
+    def load(
+        self,
+        handle: Handle | str,
+        graph: Any,
+        example_inputs: Sequence[Any],
+        graph_index: int,
+        runtime_shape: int | None = None,
+    ) -> CompiledCallable:
+        self._require_cache()
+        checked = self._check_handle(handle, self.handle_type)
+        self._reject_parameter_constants(graph)
+        self._same_graph_everywhere(graph, example_inputs)
+        if self._trivial(checked):
+            self._replay_guards(checked, graph, example_inputs, graph_index)
+            result: CompiledCallable = graph
+            return result
+        workdir = self._checkout(checked, graph_index)
+        self._replay_guards(checked, graph, example_inputs, graph_index)
+        return self._load(checked, workdir, graph, example_inputs, graph_index)

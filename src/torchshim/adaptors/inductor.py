@@ -1,4 +1,8 @@
-"""InductorAdaptor: compile through Inductor's FX graph cache, load by cache key (torch 2.5+)."""
+"""InductorAdaptor: compile through Inductor's FX graph cache, load by cache key (torch 2.5+).
+
+Each compile runs with Inductor's cache pointed at a fresh cache-store entry, so the entry holds
+the FX-graph-cache entry and everything it loads (generated module, C++ ``.so``, Triton kernels);
+a load looks the key up in a verified private copy of that entry."""
 
 from __future__ import annotations
 
@@ -6,16 +10,10 @@ import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-from torchshim.adaptors.base import (
-    CACHE_FORMAT_VERSION,
-    INDUCTOR_SUBDIR,
-    CompiledCallable,
-    CompilerInterface,
-    Handle,
-    InductorHandle,
-)
+from torchshim.adaptors.base import CompiledCallable, Handle, InductorHandle, StoredCompiler
 from torchshim.errors import ArtifactMissingError, ArtifactUnreadableError, TorchShimError
 from torchshim.shims import active
 
@@ -50,45 +48,52 @@ def as_tuple_output(compiled: CompiledCallable) -> CompiledCallable:
     return call
 
 
-class InductorAdaptor(CompilerInterface):
-    """Inductor with its FX graph cache; the handle is the cache key."""
+class InductorAdaptor(StoredCompiler):
+    """Inductor with its FX graph cache; the handle is the cache-store entry and the key."""
 
     name = "inductor"
+    handle_type: ClassVar[type[Handle]] = InductorHandle
 
-    def compile(
+    def _trivial(self, handle: Any) -> bool:
+        return handle.key is None
+
+    def _compile(
         self,
         graph: Any,
         example_inputs: Sequence[Any],
-        compiler_config: dict[str, Any] | None,
-        runtime_shape: int | None = None,
-        key: str | None = None,
-    ) -> tuple[CompiledCallable | None, Handle | None]:
+        config: dict[str, Any],
+        runtime_shape: int | None,
+        workdir: Path,
+    ) -> tuple[CompiledCallable | None, dict[str, Any] | None]:
         import torch
 
-        self._require_cache()
-        self._reject_parameter_constants(graph)
         shim = active().module
-        config = self._compile_config(compiler_config, runtime_shape)
-        if self.disable_cache:
-            config["force_disable_caches"] = True
-        else:
+        if self.persists:
             config["fx_graph_cache"] = True
+        else:
+            config["force_disable_caches"] = True
         config["fx_graph_remote_cache"] = False
         # Inductor mutates the graph it compiles; the caller's graph stays as it was.
         graph_copy = copy.deepcopy(graph)
         try:
             with contextlib.ExitStack() as stack:
                 capture = stack.enter_context(shim.capture_fx_compilation())
+                stack.enter_context(shim.private_kernel_cache(str(workdir)))
                 stack.enter_context(shim.shape_env_stand_in())
                 stack.enter_context(shim.force_cacheable())
                 stack.enter_context(shim.metrics_context())
                 stack.enter_context(shim.remote_caches_off())
                 stack.enter_context(shim.autograd_cache_off())
                 stack.enter_context(torch.no_grad())  # inference graphs: no backward to compile
-                compiled = shim.compile_fx(
-                    graph_copy, example_inputs, config, capture.inner_compile
+                isolated = stack.enter_context(
+                    self._compile_inputs(graph, example_inputs, runtime_shape)
                 )
-        except TorchShimError:
+                compiled = shim.compile_fx(
+                    graph_copy, isolated.inputs, config, capture.inner_compile
+                )
+            if not self._accept_guards(isolated.guards, graph, example_inputs, runtime_shape):
+                return None, None
+        except self._passthrough():
             raise
         except Exception as exc:
             log.warning(
@@ -101,9 +106,11 @@ class InductorAdaptor(CompilerInterface):
             return None, None
         if shim.graph_returns_tuple(graph):
             compiled = as_tuple_output(compiled)
-        if self.disable_cache:
+        if not self.persists:
             return compiled, None
-        keys = list(dict.fromkeys(capture.keys))
+        keys: list[str | None] = list(dict.fromkeys(capture.keys))
+        if not keys and capture.trivial and capture.uncacheable == capture.trivial:
+            keys = [None]  # nothing to compile: a handle that says the graph runs as it is
         if len(keys) != 1:
             log.warning(
                 "inductor compiled the graph but %d cache key(s) were captured (%d hashed, %d "
@@ -114,45 +121,36 @@ class InductorAdaptor(CompilerInterface):
                 capture.uncacheable,
             )
             return compiled, None
-        module_path = self._relative(capture.module_paths[0]) if capture.module_paths else None
-        handle = InductorHandle(
-            adaptor=self.name,
-            format_version=CACHE_FORMAT_VERSION,
-            compiler_hash=self._current_hash(),
-            runtime_shape=runtime_shape,
-            key=keys[0],
-            module_path=module_path,
-        )
-        return compiled, handle
+        module_path = None
+        for path in capture.module_paths:
+            with contextlib.suppress(ValueError):
+                module_path = Path(path).absolute().relative_to(workdir.absolute()).as_posix()
+        return compiled, {"key": keys[0], "module_path": module_path, "guards": isolated.guards}
 
-    def load(
-        self,
-        handle: Handle | str,
-        graph: Any,
-        example_inputs: Sequence[Any],
-        graph_index: int,
-        runtime_shape: int | None = None,
+    def _load(
+        self, handle: Any, workdir: Path, graph: Any, example_inputs: Sequence[Any], index: int
     ) -> CompiledCallable:
-        base = self._require_cache()
-        checked = self._check_handle(handle, InductorHandle)
-        self._reject_parameter_constants(graph)
         shim = active().module
         try:
             # No metrics context here: on torch >= 2.11 a cache hit inside one that has no
             # dynamo_timed event raises "No toplevel event active".
-            with shim.shape_env_stand_in(), shim.remote_caches_off():
-                found = shim.lookup_fx_graph(checked.key, example_inputs, graph)
+            with (
+                shim.private_kernel_cache(str(workdir)),
+                shim.shape_env_stand_in(),
+                shim.remote_caches_off(),
+            ):
+                found = shim.lookup_fx_graph(handle.key, example_inputs, graph)
         except TorchShimError:
             raise
         except Exception as exc:
             raise ArtifactUnreadableError(
-                f"FX graph cache entry {checked.key} (graph {graph_index}) could not be loaded: "
+                f"FX graph cache entry {handle.key} (graph {index}) could not be loaded: "
                 f"{type(exc).__name__}: {exc}. Treat it as a miss and recompile."
             ) from exc
         if found is None:
             raise ArtifactMissingError(
-                f"FX graph cache entry {checked.key} (graph {graph_index}) is not in "
-                f"{base / INDUCTOR_SUBDIR}: it was pruned, never copied with the cache directory, "
-                "or belongs to another torch build. Treat it as a miss and recompile."
+                f"FX graph cache entry {handle.key} (graph {index}) is not in cache entry "
+                f"{handle.entry} (it belongs to another torch build). Treat it as a miss and "
+                "recompile."
             )
         return wrap_boxed(found, shim.graph_returns_tuple(graph))

@@ -1,47 +1,31 @@
 """InductorStandaloneAdaptor: Inductor's ``standalone_compile`` + ``CompiledArtifact``
-(torch 2.8+). Each compiled graph is one self-describing artifact under the cache directory."""
+(torch 2.8+). Each compile is one cache-store entry holding the saved artifact and the kernels it
+loads (Inductor's caches point into the entry while compiling)."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torchshim.adaptors.base import (
-    CACHE_FORMAT_VERSION,
     CompiledCallable,
-    CompilerInterface,
     Handle,
     StandaloneHandle,
+    StoredCompiler,
 )
-from torchshim.errors import (
-    AdaptorConfigError,
-    ArtifactMissingError,
-    ArtifactUnreadableError,
-    TorchShimError,
-)
-from torchshim.shims import active, capabilities, require_capability
+from torchshim.errors import AdaptorConfigError, ArtifactUnreadableError
+from torchshim.shims import active, require_capability
 
 __all__ = ["ARTIFACT_FORMATS", "InductorStandaloneAdaptor"]
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FORMATS = ("binary", "unpacked")
-
-
-def _graph_digest(graph: Any, example_inputs: Sequence[Any], runtime_shape: int | None) -> str:
-    """A name for an artifact when the caller gives no key: the graph's code and input metadata."""
-    text = [str(getattr(graph, "code", graph)), repr(runtime_shape)]
-    for value in example_inputs:
-        shape = getattr(value, "shape", None)
-        text.append(f"{type(value).__name__}:{getattr(value, 'dtype', '')}:{tuple(shape or ())}")
-    return hashlib.sha256("\n".join(text).encode()).hexdigest()[:24]
+#: artifact_format of a handle for a graph without operations (nothing compiled; runs as is)
+NOTHING_COMPILED = "none"
 
 
 def _without_string_annotations(graph: Any) -> Any:
@@ -63,18 +47,6 @@ def _without_string_annotations(graph: Any) -> Any:
     return clean
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished artifact (file or directory) to its final name in one rename, so readers
-    see the old artifact or the new one, never half of one."""
-    if tmp.is_dir() and final.exists():
-        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def wrap_artifact(artifact: Any, returns_tuple: bool) -> CompiledCallable:
     """A ``CompiledArtifact`` takes positional inputs; it returns a list for Dynamo graphs and the
     graph's own structure for others. Give back exactly what the graph returns."""
@@ -93,11 +65,12 @@ def wrap_artifact(artifact: Any, returns_tuple: bool) -> CompiledCallable:
     return call_single
 
 
-class InductorStandaloneAdaptor(CompilerInterface):
+class InductorStandaloneAdaptor(StoredCompiler):
     """``standalone_compile`` artifacts, saved in the binary format (one file) unless
     ``artifact_format="unpacked"`` is asked for."""
 
     name = "inductor_standalone"
+    handle_type: ClassVar[type[Handle]] = StandaloneHandle
 
     def __init__(self, artifact_format: str = "binary") -> None:
         super().__init__()
@@ -111,40 +84,40 @@ class InductorStandaloneAdaptor(CompilerInterface):
             )
         self.artifact_format = artifact_format
 
-    def _dynamic_shapes(self, runtime_shape: int | None) -> str:
-        shim = active().module
-        if isinstance(runtime_shape, int):
-            return "from_example_inputs"
-        if shim.in_tracing_context():
-            return "from_tracing_context"  # inside a Dynamo backend: Dynamo's symbolic sizes
-        if "supports_standalone_from_graph" in capabilities():
-            return "from_graph"
-        return "from_example_inputs"
+    def _trivial(self, handle: Any) -> bool:
+        return bool(handle.artifact_format == NOTHING_COMPILED)
 
-    def compile(
+    def _compile(
         self,
         graph: Any,
         example_inputs: Sequence[Any],
-        compiler_config: dict[str, Any] | None,
-        runtime_shape: int | None = None,
-        key: str | None = None,
-    ) -> tuple[CompiledCallable | None, Handle | None]:
+        config: dict[str, Any],
+        runtime_shape: int | None,
+        workdir: Path,
+    ) -> tuple[CompiledCallable | None, dict[str, Any] | None]:
         import torch
 
-        self._require_cache()
-        if self.cache_dir is None:  # set together with the base directory
-            raise AdaptorConfigError("call initialize_cache(cache_dir) before compile")
-        self._reject_parameter_constants(graph)
         shim = active().module
-        config = self._compile_config(compiler_config, runtime_shape)
-        dynamic = self._dynamic_shapes(runtime_shape)
+        # Always in torchshim's own copy of the inputs' shape environment (see
+        # shims/_shape_env.py), which the compile finds as its tracing context.
+        dynamic = "from_tracing_context"
         returns_tuple = shim.graph_returns_tuple(graph)
         try:
-            with shim.remote_caches_off(), torch.no_grad():
+            with (
+                shim.private_kernel_cache(str(workdir)),
+                shim.remote_caches_off(),
+                shim.force_cacheable(),
+                shim.force_autograd_cacheable(),
+                shim.compiled_fx_graph_hash_hook() as hashed,
+                torch.no_grad(),
+                self._compile_inputs(graph, example_inputs, runtime_shape) as isolated,
+            ):
                 artifact = shim.standalone_compile(
-                    _without_string_annotations(graph), example_inputs, dynamic, config
+                    _without_string_annotations(graph), isolated.inputs, dynamic, config
                 )
-        except TorchShimError:
+            if not self._accept_guards(isolated.guards, graph, example_inputs, runtime_shape):
+                return None, None
+        except self._passthrough():
             raise
         except Exception as exc:
             log.warning(
@@ -157,67 +130,47 @@ class InductorStandaloneAdaptor(CompilerInterface):
             )
             return None, None
         compiled = wrap_artifact(artifact, returns_tuple)
-        if self.disable_cache:
+        if not self.persists:
             return compiled, None
-        name = key or _graph_digest(graph, example_inputs, runtime_shape)
-        shape = "general" if runtime_shape is None else str(runtime_shape)
-        final = self.cache_dir / f"artifact_shape_{shape}_{name}.{self.artifact_format}"
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        name = "artifact" if self.artifact_format == "unpacked" else "artifact.bin"
+        path = workdir / name
         try:
-            shim.save_compiled_artifact(artifact, str(tmp), self.artifact_format)
-            if self.artifact_format == "unpacked":
-                # On CPU the artifact does not carry the compiled kernels: one load here builds
-                # them inside the artifact directory, so later loads anywhere compile nothing.
-                shim.load_compiled_artifact(str(tmp), self.artifact_format)
-            _publish(tmp, final)
+            with shim.private_kernel_cache(str(workdir)):
+                shim.save_compiled_artifact(artifact, str(path), self.artifact_format)
+                if self.artifact_format == "unpacked":
+                    # On CPU the artifact does not carry the compiled kernels: one load here
+                    # builds them inside the artifact directory, so later loads compile nothing.
+                    shim.load_compiled_artifact(str(path), self.artifact_format)
         except Exception as exc:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-            log.warning("could not save standalone artifact %s: %s", final, exc)
+            if not hashed:
+                # Inductor hashed no graph: nothing was compiled (a graph of views and sizes),
+                # so there is nothing to save, and the graph runs as it is.
+                fields = {"path": "", "artifact_format": NOTHING_COMPILED}
+                return compiled, {**fields, "guards": isolated.guards}
+            log.warning("could not save the standalone artifact: %s", exc)
             return compiled, None
-        relative = self._relative(final)
-        if relative is None:
-            raise AdaptorConfigError(f"artifact {final} is outside the cache base directory")
-        handle = StandaloneHandle(
-            adaptor=self.name,
-            format_version=CACHE_FORMAT_VERSION,
-            compiler_hash=self._current_hash(),
-            runtime_shape=runtime_shape,
-            path=relative,
-            artifact_format=self.artifact_format,
-        )
-        return compiled, handle
+        return compiled, {
+            "path": name,
+            "artifact_format": self.artifact_format,
+            "guards": isolated.guards,
+        }
 
-    def load(
-        self,
-        handle: Handle | str,
-        graph: Any,
-        example_inputs: Sequence[Any],
-        graph_index: int,
-        runtime_shape: int | None = None,
+    def _load(
+        self, handle: Any, workdir: Path, graph: Any, example_inputs: Sequence[Any], index: int
     ) -> CompiledCallable:
-        base = self._require_cache()
-        checked = self._check_handle(handle, StandaloneHandle)
-        self._reject_parameter_constants(graph)
-        if checked.artifact_format not in ARTIFACT_FORMATS:
+        if handle.artifact_format not in ARTIFACT_FORMATS:
             raise ArtifactUnreadableError(
-                f"unknown artifact format {checked.artifact_format!r}; recompile"
-            )
-        path = base / checked.path
-        if not path.exists():
-            raise ArtifactMissingError(
-                f"standalone artifact {path} (graph {graph_index}) does not exist: it was pruned "
-                "or not copied with the cache directory. Treat it as a miss and recompile."
+                f"unknown artifact format {handle.artifact_format!r}; recompile"
             )
         shim = active().module
+        path = workdir / handle.path
         try:
-            artifact = shim.load_compiled_artifact(str(path), checked.artifact_format)
+            with shim.private_kernel_cache(str(workdir)):
+                artifact = shim.load_compiled_artifact(str(path), handle.artifact_format)
         except Exception as exc:
             raise ArtifactUnreadableError(
-                f"standalone artifact {path} (graph {graph_index}) could not be loaded: "
-                f"{type(exc).__name__}: {exc}. It is truncated, corrupt or from another torch; "
+                f"standalone artifact of cache entry {handle.entry} (graph {index}) could not be "
+                f"loaded: {type(exc).__name__}: {exc}. It is from another torch or damaged; "
                 "treat it as a miss and recompile."
             ) from exc
         return wrap_artifact(artifact, shim.graph_returns_tuple(graph))

@@ -1,0 +1,235 @@
+"""A test engine: what an inference engine does with torchshim's adaptors inside its own Dynamo
+backend, on models from third-party packages (random weights, nothing downloaded).
+
+For every graph Dynamo hands the backend, the engine compiles the general graph and one graph per
+served batch size (``compile`` mode, process A) or loads them all from its index (``load`` mode,
+process B), and returns a dispatcher: a served batch size runs its own artifact, any other the
+general one. Process B runs this file as a script: ``python engine.py load BASE INDEX OUT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import torchshim
+from torchshim.adaptors import graph_inputs, make_adaptor
+
+if __package__ in (None, ""):  # run as a script (process B): make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.integration.roundtrip import CompilerProcessCounter, _files
+
+SIZES = (2, 4)  # served batch sizes, compiled up front
+GENERAL = "general"  # index marker: a size that could not be specialised runs the general graph
+BATCHES = (2, 3, 4)  # what each process runs: 3 is not served (general artifact, no re-trace)
+SEQ = 8
+VOCAB = 96
+
+
+def gpt2() -> torch.nn.Module:
+    """Hugging Face GPT-2: attention with a Python-float scale, layer norm, GELU (tanh
+    approximation), `.view`/`.transpose`/`.split` calls; a 2-layer, 64-wide config."""
+    import transformers
+
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def x_transformer() -> torch.nn.Module:
+    """lucidrains' x-transformers decoder: einops rearranges, a float attention scale, layer norm,
+    GELU feed-forward."""
+    from x_transformers import Decoder, TransformerWrapper
+
+    return TransformerWrapper(
+        num_tokens=VOCAB, max_seq_len=32, attn_layers=Decoder(dim=64, depth=2, heads=4)
+    )
+
+
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {"gpt2": gpt2, "x_transformer": x_transformer}
+#: Dynamo's capture per model, the same in both processes: Dynamo's defaults (Python floats
+#: traced as inputs; the adaptors have Dynamo re-trace with them specialised) or
+#: torchshim.capture_config() (specialised from the start).
+CAPTURE = {"gpt2": False, "x_transformer": True}
+
+
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MODELS[name]().eval()
+
+
+def tokens(batch: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(batch))
+
+
+def logits(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def adaptors() -> tuple[str, ...]:
+    if "supports_standalone_compile" in torchshim.capabilities():
+        return ("inductor", "inductor_standalone")
+    return ("inductor",)
+
+
+def graph_key(gm: torch.fx.GraphModule) -> str:
+    return hashlib.sha256(gm.code.encode()).hexdigest()[:24]
+
+
+class Engine:
+    """The backend an engine would write. ``index`` maps graph key -> shape label -> handle."""
+
+    def __init__(self, adaptor: Any, mode: str, index: dict[str, dict[str, str | None]]) -> None:
+        self.adaptor, self.mode, self.index = adaptor, mode, index
+        self.calls = 0
+        self.restarts = 0  # backend calls that ended in Dynamo's request to re-trace
+        self.graphs: list[str] = []
+        self.misses: list[str] = []  # graphs a loading process had to compile
+        self.ran: dict[str, int] = {}
+
+    def backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        self.calls += 1
+        try:
+            return self._backend(gm, example_inputs)
+        except torchshim.shims.active().module.dynamo_control_flow():
+            self.restarts += 1
+            raise
+
+    def _backend(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        graph_index = len(self.graphs)
+        key = graph_key(gm)
+        entries = dict(self.index.get(key, {}))
+        variants: dict[int | None, Any] = {}
+        for shape in (None, *SIZES):
+            label = "general" if shape is None else str(shape)
+            recorded = entries.get(label) if self.mode == "load" else None
+            if recorded == GENERAL:  # this size could not be specialised: the general one serves
+                continue
+            if recorded is not None:
+                fn = self.adaptor.load(recorded, gm, example_inputs, graph_index, shape)
+            else:  # a miss: compile (a graph with Python-float inputs asks Dynamo to re-trace)
+                fn, handle = self.adaptor.compile(
+                    gm, example_inputs, {}, shape, key=f"{key}-{label}"
+                )
+                if self.mode == "load":
+                    self.misses.append(f"{key}:{label}")
+                if fn is None and shape is not None:
+                    entries[label] = GENERAL  # e.g. other inputs' sizes depend on the batch
+                    continue
+                if fn is None:
+                    raise RuntimeError(f"graph {key} ({label}) did not compile")
+                entries[label] = handle.to_json() if handle else None
+            variants[shape] = self._counted(fn, f"{graph_index}:{label}")
+        self.index[key] = entries
+        self.graphs.append(key)
+        return dispatcher(variants, graph_inputs(gm, example_inputs).batch_position)
+
+    def _counted(self, fn: Any, name: str) -> Any:
+        def run(*args: Any) -> Any:
+            self.ran[name] = self.ran.get(name, 0) + 1
+            return fn(*args)
+
+        return run
+
+
+def dispatcher(variants: dict[int | None, Any], position: tuple[int, int | None] | None) -> Any:
+    general = variants[None]
+    if position is None:
+        return general
+    index, dim = position
+    sized = {k: v for k, v in variants.items() if k is not None}
+    if dim is None:
+        return lambda *args: sized.get(args[index], general)(*args)
+    return lambda *args: sized.get(args[index].shape[dim], general)(*args)
+
+
+@contextlib.contextmanager
+def capture(on: bool) -> Iterator[None]:
+    with torchshim.capture_config() if on else contextlib.nullcontext():
+        yield
+
+
+def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
+    """Every adaptor x model in one process; returns what happened, for the tests to judge."""
+    results: dict[str, Any] = {}
+    for adaptor_name in adaptors():
+        with make_adaptor(adaptor_name) as adaptor:
+            adaptor.initialize_cache(base / adaptor_name, prefix=adaptor_name)
+            for model_name in MODELS:
+                name = f"{adaptor_name}/{model_name}"
+                entry: dict[str, Any] = {"error": None, "max_err": {}}
+                engine = Engine(adaptor, mode, index.setdefault(name, {}))
+                t0 = time.perf_counter()
+                try:
+                    model = build(model_name)
+                    torch.compiler.reset()
+                    compiled = torch.compile(model, backend=engine.backend)
+                    with torch.no_grad(), capture(CAPTURE[model_name]):
+                        for batch in BATCHES:
+                            ids = tokens(batch)
+                            # the batch is the one dynamic dimension, as engines mark it
+                            torch._dynamo.mark_dynamic(ids, 0)
+                            got, want = logits(compiled(ids)), logits(model(ids))
+                            entry["max_err"][str(batch)] = float((got - want).abs().max())
+                            entry.setdefault("calls_after", []).append(engine.calls)
+                except Exception as exc:
+                    entry["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+                    entry["trace"] = traceback.format_exc()[-3000:]
+                entry.update(
+                    seconds=round(time.perf_counter() - t0, 2),
+                    backend_calls=engine.calls,
+                    restarts=engine.restarts,
+                    misses=engine.misses,
+                    graphs=engine.graphs,
+                    ran=engine.ran,
+                )
+                results[name] = entry
+    return results
+
+
+def load_process(base: Path, index: dict[str, Any]) -> dict[str, Any]:
+    """Process B: load everything, counting compiles of every kind."""
+    shim = torchshim.shims.active().module
+    shim.warm_up_cpu()  # the one-time CPU ISA probe builds test programs: not a kernel build
+    before = shim.compile_counters()
+    triton_before = _files(base / "triton")
+    counter = CompilerProcessCounter()
+    with counter.watching():
+        results = run(base, "load", index)
+    after = shim.compile_counters()
+    return {
+        "models": results,
+        "kernel_builds": counter.builds,
+        "new_triton_files": sorted(_files(base / "triton") - triton_before)[:20],
+        "counters": {k: after.get(k, 0) - before.get(k, 0) for k in after},
+    }
+
+
+def main(argv: list[str]) -> int:
+    mode, base, index_path, out_path = argv[1], Path(argv[2]), Path(argv[3]), Path(argv[4])
+    if mode != "load":
+        raise SystemExit(f"unknown mode {mode!r}")
+    index = json.loads(index_path.read_text())
+    out_path.write_text(json.dumps(load_process(base, index), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

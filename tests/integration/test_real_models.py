@@ -1,0 +1,125 @@
+"""Third-party models captured by Dynamo with a dynamic batch, through a backend that calls the
+adaptors as an engine does: process A (this one) compiles the general graph and two batch sizes;
+a fresh process B loads everything, compiling nothing, and both get the same outputs as eager.
+One model is captured with Dynamo's defaults, the other under torchshim.capture_config() (see
+engine.CAPTURE): either way both processes must end with the same graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import diff_state, state_snapshot
+from tests.integration import engine
+
+pytestmark = pytest.mark.compile
+pytest.importorskip("transformers")
+pytest.importorskip("x_transformers")
+
+HERE = Path(__file__).parent
+CASES = [f"{a}/{m}" for a in ("inductor", "inductor_standalone") for m in engine.MODELS]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("models")
+    base = work / "cache"
+    index: dict[str, Any] = {}
+    before = state_snapshot()
+    compiled = engine.run(base, "compile", index)
+    leaks = diff_state(before, state_snapshot())
+    index_path = work / "index.json"
+    index_path.write_text(json.dumps(index))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # any compile would run where it is counted
+    out = work / "loaded.json"
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "engine.py"), "load", str(base), str(index_path), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"process B failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return {
+        "compiled": compiled,
+        "loaded": json.loads(out.read_text()),
+        "index": index,
+        "leaks": leaks,
+    }
+
+
+def _available(case: str) -> None:
+    if case.split("/", maxsplit=1)[0] not in engine.adaptors():
+        pytest.skip("standalone_compile needs torch >= 2.8")
+
+
+def _check(entry: dict[str, Any]) -> None:
+    assert entry["error"] is None, entry.get("trace") or entry["error"]
+    assert set(entry["max_err"]) == {str(b) for b in engine.BATCHES}
+    assert max(entry["max_err"].values()) <= TOLERANCE, entry["max_err"]
+    # Dynamo traced on the first batch only: no later batch size (3 is not served) re-traced.
+    # The only extra backend calls allowed are those asking Dynamo to specialise Python floats.
+    calls = entry["calls_after"]
+    assert calls == [calls[0]] * len(engine.BATCHES), entry
+    assert entry["backend_calls"] == len(entry["graphs"]) + entry["restarts"], entry
+    assert entry["restarts"] <= len(entry["graphs"]), entry
+    # served sizes ran artifacts of their own (a graph whose specialisation would depend on
+    # other sizes runs its general artifact), the unserved size general artifacts only
+    ran = entry["ran"]
+    for size in engine.SIZES:
+        assert any(name.endswith(f":{size}") for name in ran), (size, ran)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compiles_in_process_a(models_run: dict[str, Any], case: str, request: Any) -> None:
+    request.node.add_marker(
+        pytest.mark.matrix_cell(case.split("/", maxsplit=1)[0], "third_party_model")
+    )
+    _available(case)
+    _check(models_run["compiled"][case])
+    handles = models_run["index"][case]
+    assert len(handles) == len(set(models_run["compiled"][case]["graphs"]))
+    for labels in handles.values():
+        assert set(labels) == {"general", "2", "4"}
+        missing = [label for label, handle in labels.items() if handle is None]
+        assert not missing, f"no handle for {missing}: these graphs would recompile on every start"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_loads_in_process_b(models_run: dict[str, Any], case: str, request: Any) -> None:
+    request.node.add_marker(
+        pytest.mark.matrix_cell(case.split("/", maxsplit=1)[0], "third_party_model")
+    )
+    _available(case)
+    entry = models_run["loaded"]["models"][case]
+    _check(entry)
+    # process B traced the very graph process A compiled, and found every artifact
+    assert entry["graphs"] == models_run["compiled"][case]["graphs"]
+    assert entry["misses"] == []
+
+
+def test_process_b_compiled_nothing(models_run: dict[str, Any]) -> None:
+    loaded = models_run["loaded"]
+    assert loaded["kernel_builds"] == []
+    assert loaded["new_triton_files"] == []
+    counters = {
+        k: v
+        for k, v in loaded["counters"].items()
+        if v and k in ("inductor.fxgraph_cache_miss", "inductor.fxgraph_cache_bypass")
+    }
+    assert not counters, counters
+
+
+def test_compiling_leaks_no_process_state(models_run: dict[str, Any]) -> None:
+    assert models_run["leaks"] == []

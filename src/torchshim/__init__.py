@@ -5,6 +5,8 @@ The public names are re-exported here; see the README for the CLI.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,9 @@ from torchshim.errors import (
     AdaptorConfigError,
     ArtifactMissingError,
     ArtifactUnreadableError,
+    CacheCorruptionError,
     CacheDirError,
+    CacheLockTimeout,
     CapabilityUnavailable,
     ForeignHandleError,
     HandleFormatError,
@@ -29,6 +33,7 @@ from torchshim.shims import SUPPORTED_SERIES, UntestedTorchWarning, capabilities
 
 if TYPE_CHECKING:
     from torchshim.adaptors import CompilerInterface
+    from torchshim.compile_backend import Backend
     from torchshim.doctor import HookReport
 
 __version__ = "0.1.0"
@@ -38,7 +43,9 @@ __all__ = [
     "AdaptorConfigError",
     "ArtifactMissingError",
     "ArtifactUnreadableError",
+    "CacheCorruptionError",
     "CacheDirError",
+    "CacheLockTimeout",
     "CapabilityUnavailable",
     "ForeignHandleError",
     "HandleFormatError",
@@ -51,8 +58,10 @@ __all__ = [
     "UnsupportedGraphError",
     "UnsupportedTorchVersion",
     "UntestedTorchWarning",
+    "backend",
     "capabilities",
     "capture_config",
+    "compile",
     "hook_report",
     "make_adaptor",
     "parse_series",
@@ -72,6 +81,37 @@ def capture_config() -> AbstractContextManager[None]:
     from torchshim.shims import active
 
     return active().module.capture_config()
+
+
+def backend(
+    cache_dir: str | os.PathLike[str] | None = None,
+    compile_sizes: Iterable[int] = (),
+    adaptor: str = "auto",
+    compiler_config: dict[str, Any] | None = None,
+    rank: int | None = None,
+) -> Backend:
+    """A ``torch.compile`` backend: a general graph plus one per size in ``compile_sizes``,
+    compiled up front and stored in ``cache_dir``, loaded on later starts (see
+    :mod:`torchshim.compile_backend`)."""
+    from torchshim.compile_backend import Backend as _Backend
+
+    return _Backend(cache_dir, compile_sizes, adaptor, compiler_config, rank)
+
+
+def compile(
+    model: Callable[..., Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    compile_sizes: Iterable[int] = (),
+    adaptor: str = "auto",
+    compiler_config: dict[str, Any] | None = None,
+    rank: int | None = None,
+    batch_dim: int | None = 0,
+) -> Callable[..., Any]:
+    """``torch.compile(model, backend=torchshim.backend(...))``, traced once with dimension
+    ``batch_dim`` of every tensor argument symbolic, under :func:`capture_config`."""
+    from torchshim.compile_backend import compile as _compile
+
+    return _compile(model, cache_dir, compile_sizes, adaptor, compiler_config, rank, batch_dim)
 
 
 def hook_report() -> HookReport:

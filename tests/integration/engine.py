@@ -166,9 +166,34 @@ def capture(on: bool) -> Iterator[None]:
         yield
 
 
+def baseline_calls(model_name: str) -> list[int]:
+    """How many graphs Dynamo hands a do-nothing backend after each batch: its own re-traces
+    (graph breaks make inner frames see the batch as static first, and re-trace when it
+    changes), which torchshim's engine must not add to."""
+    calls = 0
+
+    def count(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        return gm.forward
+
+    model = build(model_name)
+    torch.compiler.reset()
+    compiled = torch.compile(model, backend=count)
+    after = []
+    with torch.no_grad(), capture(CAPTURE[model_name]):
+        for batch in BATCHES:
+            ids = tokens(batch)
+            torch._dynamo.mark_dynamic(ids, 0)
+            compiled(ids)
+            after.append(calls)
+    return after
+
+
 def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
     """Every adaptor x model in one process; returns what happened, for the tests to judge."""
     results: dict[str, Any] = {}
+    baselines = {name: baseline_calls(name) for name in MODELS}
     for adaptor_name in adaptors():
         with make_adaptor(adaptor_name) as adaptor:
             adaptor.initialize_cache(base / adaptor_name, prefix=adaptor_name)
@@ -189,10 +214,12 @@ def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
                             got, want = logits(compiled(ids)), logits(model(ids))
                             entry["max_err"][str(batch)] = float((got - want).abs().max())
                             entry.setdefault("calls_after", []).append(engine.calls)
+                            entry.setdefault("restarts_after", []).append(engine.restarts)
                 except Exception as exc:
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:3000]
                     entry["trace"] = traceback.format_exc()[-3000:]
                 entry.update(
+                    baseline_calls_after=baselines[model_name],
                     seconds=round(time.perf_counter() - t0, 2),
                     backend_calls=engine.calls,
                     restarts=engine.restarts,

@@ -290,6 +290,8 @@ class CompilerInterface(abc.ABC):
         self.prefix = ""
         self.disable_cache = False
         self.store: CacheStore | None = None
+        #: recorded with every entry this adaptor stores (the backend's key factors, for explain)
+        self.extra_meta: dict[str, Any] = {}
         self._scratch: Path | None = None
         self._holds_env = False
         self._hash: str | None = None
@@ -399,6 +401,7 @@ class CompilerInterface(abc.ABC):
             "handle": handle.to_json(),
             "factors": self.compute_hash_factors(),
             "key": key,
+            **self.extra_meta,
         }
 
     def _checkout(self, handle: Handle, graph_index: int) -> Path:

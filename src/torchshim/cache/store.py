@@ -377,9 +377,17 @@ class CacheStore:
             return None
         manifest, problem = self._read_manifest(entry, expect)
         if problem is not None:
-            self._bad(entry_id, problem)
+            self._bad_or_gone(entry_id, problem)
             return None
         return manifest
+
+    def _bad_or_gone(self, entry_id: str, problem: str) -> None:
+        """A problem found while the entry was being removed (prune, another quarantine) is a
+        plain miss, not damage."""
+        if self.entry_dir(entry_id).exists():
+            self._bad(entry_id, problem)
+        else:
+            self.count("miss", entry_id)
 
     def checkout(self, entry_id: str, expect: Mapping[str, Any]) -> Path | None:
         """A private, verified copy of the entry (removed at :meth:`close`), or ``None``."""
@@ -409,7 +417,7 @@ class CacheStore:
                 break
         if problem is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-            self._bad(entry_id, problem)
+            self._bad_or_gone(entry_id, problem)
             return None
         self._checkouts.append(scratch)
         self.count("hit", entry_id)

@@ -156,6 +156,11 @@ class ShimModule(Protocol):
         (recorded by ``isolated_inputs``); ``False`` when one does not hold for these inputs."""
         ...
 
+    def mark_dynamic(self, tensor: Any, dim: int) -> None:
+        """Ask Dynamo to trace dimension ``dim`` of ``tensor`` symbolically (a hint: a size it
+        must specialise does not raise)."""
+        ...
+
     def specialize_float_inputs(self, graph: Any) -> None:
         """Inside a Dynamo backend: when the graph carries Python floats as inputs, ask Dynamo to
         re-trace with them specialised (raises Dynamo's restart); returns when it has none."""

@@ -39,6 +39,7 @@ __all__ = [
     "isolated_inputs",
     "load_compiled_artifact",
     "lookup_fx_graph",
+    "mark_dynamic",
     "metrics_context",
     "private_kernel_cache",
     "remote_caches_off",
@@ -264,6 +265,14 @@ def dynamo_control_flow() -> tuple[type[BaseException], ...]:
     from torch._dynamo import exc
 
     return (exc.RestartAnalysis, exc.SkipFrame)
+
+
+def mark_dynamic(tensor: Any, dim: int) -> None:
+    # maybe_mark_dynamic (torch 2.5 - 2.15): a hint, not a constraint, so a size Dynamo must
+    # specialise (0 or 1 at the first call) does not raise
+    from torch._dynamo import maybe_mark_dynamic
+
+    maybe_mark_dynamic(tensor, dim)
 
 
 def specialize_float_inputs(graph: Any) -> None:

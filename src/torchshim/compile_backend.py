@@ -1,0 +1,390 @@
+"""The ``torch.compile`` backend: one Dynamo trace, a general graph plus one graph per served batch
+size compiled (or loaded) up front, and a dispatcher by batch size.
+
+Every compiled graph is one cache-store entry, keyed by the graph (its code and input metadata),
+the adaptor's compiler hash, the compiler config, torchshim's format version and the rank, so a
+later process with the same model and cache loads instead of compiling. One process compiles a
+key while others wait for its lock and then load it.
+
+    model = torch.compile(model, backend=torchshim.backend(cache_dir="/cache", compile_sizes=[1, 8]))
+
+``torch.compile(model, backend="torchshim")`` works too, configured by ``TORCHSHIM_*`` variables
+(see :func:`registered_backend`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchshim.adaptors import (
+    CACHE_FORMAT_VERSION,
+    CompilerInterface,
+    graph_digest,
+    graph_inputs,
+    make_adaptor,
+)
+from torchshim.cache import CacheStore, default_cache_dir
+from torchshim.errors import AdaptorConfigError, LoadError
+from torchshim.shims import active
+from torchshim.shims._common import stable_json
+
+__all__ = [
+    "BACKEND_FORMAT",
+    "Backend",
+    "BackendStats",
+    "backend",
+    "compile",
+    "make_dispatcher",
+    "registered_backend",
+]
+
+log = logging.getLogger(__name__)
+
+#: Part of every backend key: bump when the key's composition changes.
+BACKEND_FORMAT = 1
+#: A size whose specialised compile was refused (it would depend on other sizes) is recorded so
+#: that later processes use the general graph for it without trying again.
+_GENERAL = "general"
+
+
+@dataclass
+class BackendStats:
+    """What one backend did in this process."""
+
+    graphs: int = 0
+    compiled: int = 0
+    loaded: int = 0
+    general_fallbacks: int = 0
+    seconds: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "graphs": self.graphs,
+            "compiled": self.compiled,
+            "loaded": self.loaded,
+            "general_fallbacks": self.general_fallbacks,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def make_dispatcher(
+    variants: dict[int | None, Callable[..., Any]], position: tuple[int, int | None] | None
+) -> Callable[..., Any]:
+    """A callable that runs the artifact of the call's batch size, or the general one.
+
+    ``position`` is where the batch size is read: ``(input, None)`` for an int input,
+    ``(input, dim)`` for a tensor dimension. One dict look-up per call.
+    """
+    general = variants[None]
+    sized = {size: fn for size, fn in variants.items() if size is not None}
+    if position is None or not sized:
+        return general
+    index, dim = position
+    get = sized.get
+    if dim is None:
+
+        def dispatch_int(*args: Any) -> Any:
+            return get(args[index], general)(*args)
+
+        return dispatch_int
+
+    def dispatch_dim(*args: Any) -> Any:
+        return get(args[index].shape[dim], general)(*args)
+
+    return dispatch_dim
+
+
+class Backend:
+    """A ``torch.compile`` backend that compiles each graph for the general shape and for every
+    size in ``compile_sizes`` up front, stores everything, and loads it on later starts."""
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        compile_sizes: Iterable[int] = (),
+        adaptor: str = "auto",
+        compiler_config: dict[str, Any] | None = None,
+        rank: int | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        sizes = list(compile_sizes)
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise AdaptorConfigError(
+                    f"compile_sizes must be batch sizes >= 1, got {size!r} in {sizes!r}"
+                )
+        if rank is not None and (not isinstance(rank, int) or rank < 0):
+            raise AdaptorConfigError(f"rank must be None or an int >= 0, got {rank!r}")
+        self.compile_sizes: tuple[int, ...] = tuple(sorted(set(sizes)))
+        self.adaptor_name = adaptor
+        self.compiler_config = dict(compiler_config or {})
+        self.rank = rank
+        base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.root = base.absolute() / f"rank_{rank if rank is not None else 0}"
+        timeout = lock_timeout
+        if timeout is None:
+            timeout = float(os.environ.get("TORCHSHIM_LOCK_TIMEOUT", "600"))
+        self.lock_timeout = timeout
+        self.stats = BackendStats()
+        self._lock = threading.Lock()
+        # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch
+        make_adaptor(adaptor)
+
+    # -- the key --------------------------------------------------------------------------------
+    def key_factors(
+        self, adaptor: CompilerInterface, gm: Any, example_inputs: Sequence[Any]
+    ) -> dict[str, str]:
+        """Everything a stored graph depends on; a process whose factors differ compiles."""
+        return {
+            "graph": graph_digest(gm, example_inputs),
+            "compiler": adaptor.compute_hash(),
+            "compiler_config": stable_json(self.compiler_config),
+            "backend_format": f"{BACKEND_FORMAT}.{CACHE_FORMAT_VERSION}",
+            "rank": str(self.rank if self.rank is not None else 0),
+        }
+
+    @staticmethod
+    def _key(factors: dict[str, str]) -> str:
+        return hashlib.sha256(stable_json(factors).encode()).hexdigest()[:32]
+
+    # -- the backend ----------------------------------------------------------------------------
+    def __call__(self, gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        with self._lock:
+            return self._compile_graph(gm, example_inputs)
+
+    @contextlib.contextmanager
+    def _adaptor(self) -> Iterator[CompilerInterface]:
+        adaptor = make_adaptor(self.adaptor_name)
+        try:
+            adaptor.initialize_cache(self.root)
+            yield adaptor
+        finally:
+            adaptor.close()
+
+    def _compile_graph(self, gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        started = time.perf_counter()
+        index = self.stats.graphs
+        with self._adaptor() as adaptor:
+            factors = self.key_factors(adaptor, gm, example_inputs)
+            key = self._key(factors)
+            adaptor.extra_meta = {"backend_factors": factors, "graph_index": index}
+            variants: dict[int | None, Callable[..., Any]] = {}
+            for shape in (None, *self.compile_sizes):
+                fn = self._one(adaptor, gm, example_inputs, index, key, shape, factors)
+                if fn is not None:
+                    variants[shape] = fn
+            position = graph_inputs(gm, example_inputs).batch_position
+        self.stats.graphs += 1
+        self.stats.seconds += time.perf_counter() - started
+        return make_dispatcher(variants, position)
+
+    def _one(
+        self,
+        adaptor: CompilerInterface,
+        gm: Any,
+        example_inputs: Sequence[Any],
+        index: int,
+        key: str,
+        shape: int | None,
+        factors: dict[str, str],
+    ) -> Callable[..., Any] | None:
+        label = "general" if shape is None else f"size {shape}"
+        store = adaptor.store
+        entry = adaptor.entry_id(key, shape)
+        lock = (
+            store.lock(entry, self.lock_timeout)
+            if store is not None and store.writable
+            else contextlib.nullcontext()
+        )
+        with lock:
+            if shape is not None and self._marked_general(store, key, shape):
+                self.stats.general_fallbacks += 1
+                return None
+            handle = adaptor.cached_handle(key, shape)
+            fn: Callable[..., Any] | None
+            if handle is not None:
+                try:
+                    fn = adaptor.load(handle, gm, example_inputs, index, shape)
+                except LoadError as exc:
+                    log.warning(
+                        "graph %d (%s): cached entry not used (%s); compiling", index, label, exc
+                    )
+                else:
+                    self.stats.loaded += 1
+                    self._event(f"graph {index} ({label}): loaded")
+                    return fn
+            else:
+                self._explain_miss(store, factors, shape, index, label)
+            t0 = time.perf_counter()
+            self._event(f"graph {index} ({label}): compiling")
+            fn, stored = adaptor.compile(gm, example_inputs, self.compiler_config, shape, key=key)
+            if fn is None:
+                if shape is None:
+                    raise RuntimeError(
+                        f"torchshim: graph {index} could not be compiled by {adaptor.name} (see "
+                        "the warning above); use adaptor='eager' to run it uncompiled"
+                    )
+                self._mark_general(store, key, shape)
+                self.stats.general_fallbacks += 1
+                self._event(f"graph {index} ({label}): the general graph serves it")
+                return None
+            self.stats.compiled += 1
+            self._event(
+                f"graph {index} ({label}): compiled in {time.perf_counter() - t0:.1f} s"
+                + ("" if stored is not None else " (not stored)")
+            )
+            return fn
+
+    def _event(self, text: str) -> None:
+        self.stats.events.append(text)
+        log.info("torchshim: %s", text)
+
+    # -- sizes that cannot be specialised ---------------------------------------------------------
+    def _marker(self, key: str, shape: int) -> str:
+        return hashlib.sha256(f"general-for|{key}|{shape}".encode()).hexdigest()[:32]
+
+    def _marked_general(self, store: CacheStore | None, key: str, shape: int) -> bool:
+        if store is None or not store.enabled:
+            return False
+        return store.exists(self._marker(key, shape))
+
+    def _mark_general(self, store: CacheStore | None, key: str, shape: int) -> None:
+        if store is None or not store.enabled or not store.writable:
+            return
+        marker = self._marker(key, shape)
+        with store.writer(marker, f"{key}|{shape}|general") as writer:
+            writer.commit({"fallback": _GENERAL, "runtime_shape": shape})
+
+    # -- why a miss ------------------------------------------------------------------------------
+    def _explain_miss(
+        self,
+        store: CacheStore | None,
+        factors: dict[str, str],
+        shape: int | None,
+        index: int,
+        label: str,
+    ) -> None:
+        """One log line naming the factor that differs from the nearest stored entry of the same
+        graph (another torch build, config, rank...), when there is one."""
+        if store is None or not store.enabled:
+            return
+        best: tuple[int, dict[str, Any]] | None = None
+        for entry in store.entries():
+            stored = entry.meta.get("backend_factors")
+            if not isinstance(stored, dict) or entry.meta.get("runtime_shape") != shape:
+                continue
+            if stored.get("graph") != factors["graph"]:
+                continue
+            differing = sum(stored.get(k) != v for k, v in factors.items())
+            if best is None or differing < best[0]:
+                best = (differing, stored)
+        if best is None:
+            return
+        names = [k for k, v in factors.items() if best[1].get(k) != v]
+        log.warning(
+            "torchshim: graph %d (%s) is cached for another %s; compiling it afresh",
+            index,
+            label,
+            ", ".join(names) or "key",
+        )
+
+
+def backend(
+    cache_dir: str | os.PathLike[str] | None = None,
+    compile_sizes: Iterable[int] = (),
+    adaptor: str = "auto",
+    compiler_config: dict[str, Any] | None = None,
+    rank: int | None = None,
+) -> Backend:
+    """A backend for ``torch.compile(model, backend=...)``.
+
+    ``cache_dir``: the cache store (default: the user's cache directory, ``TORCHSHIM_CACHE_DIR``);
+    one sub-directory per ``rank``. ``compile_sizes``: batch sizes that get a graph of their own,
+    compiled (or loaded) up front; any other size runs the general graph. ``adaptor``: ``"auto"``,
+    ``"inductor"``, ``"inductor_standalone"`` or ``"eager"``. ``compiler_config``: Inductor config
+    patches (part of the key).
+    """
+    return Backend(cache_dir, compile_sizes, adaptor, compiler_config, rank)
+
+
+_registered: Backend | None = None
+_registered_lock = threading.Lock()
+
+
+def _sizes_from_env(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as exc:
+        raise AdaptorConfigError(
+            f"TORCHSHIM_COMPILE_SIZES must be comma-separated batch sizes such as '1,2,4,8', "
+            f"got {text!r}"
+        ) from exc
+
+
+def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+    """``torch.compile(model, backend="torchshim")``: configured by ``TORCHSHIM_CACHE_DIR``,
+    ``TORCHSHIM_COMPILE_SIZES`` (e.g. ``1,2,4,8``), ``TORCHSHIM_ADAPTOR`` and ``TORCHSHIM_RANK``;
+    one backend per process."""
+    global _registered
+    with _registered_lock:
+        if _registered is None:
+            rank = os.environ.get("TORCHSHIM_RANK")
+            _registered = Backend(
+                cache_dir=os.environ.get("TORCHSHIM_CACHE_DIR") or None,
+                compile_sizes=_sizes_from_env(os.environ.get("TORCHSHIM_COMPILE_SIZES", "")),
+                adaptor=os.environ.get("TORCHSHIM_ADAPTOR", "auto"),
+                rank=int(rank) if rank else None,
+            )
+        chosen = _registered
+    return chosen(gm, example_inputs)
+
+
+def compile(
+    model: Callable[..., Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    compile_sizes: Iterable[int] = (),
+    adaptor: str = "auto",
+    compiler_config: dict[str, Any] | None = None,
+    rank: int | None = None,
+    batch_dim: int | None = 0,
+) -> Callable[..., Any]:
+    """``torch.compile`` with torchshim's backend, traced once with a symbolic batch dimension
+    under :func:`torchshim.capture_config` (so compiling and loading processes get one graph).
+
+    ``batch_dim``: the dimension of every tensor argument that is the batch (marked dynamic on the
+    first call); ``None`` leaves dynamism to Dynamo.
+    """
+    import torch
+
+    from torchshim import capture_config
+
+    chosen = Backend(cache_dir, compile_sizes, adaptor, compiler_config, rank)
+    compiled = torch.compile(model, backend=chosen)
+    state = {"first": True}
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not state["first"]:
+            return compiled(*args, **kwargs)
+        if batch_dim is not None:
+            shim = active().module
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, torch.Tensor) and value.dim() > batch_dim:
+                    shim.mark_dynamic(value, batch_dim)
+        with capture_config():
+            out = compiled(*args, **kwargs)
+        state["first"] = False
+        return out
+
+    run.__wrapped__ = compiled  # type: ignore[attr-defined]
+    run.backend = chosen  # type: ignore[attr-defined]
+    return run

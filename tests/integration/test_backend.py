@@ -1,0 +1,144 @@
+"""torchshim's torch.compile backend: a cold start here (process A), a warm start in a fresh
+process B that must compile nothing and give the same outputs; dispatch by batch size without
+re-tracing; graph breaks; ranks; ``backend="torchshim"`` by name; a third-party model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import torchshim
+from tests.conftest import diff_state, state_snapshot
+from tests.integration import backend_run
+from torchshim.compile_backend import make_dispatcher
+
+pytestmark = pytest.mark.compile
+pytest.importorskip("transformers")
+
+HERE = Path(__file__).parent
+CASES = ["demo", "gpt2", "broken", "demo@rank1", "demo@by_name"]
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("backend") / "cache"
+    before = state_snapshot()
+    cold = backend_run.run(base)
+    leaks = diff_state(before, state_snapshot())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
+    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    out = base.parent / "warm.json"
+    moved = base.parent / "moved" / "cache"  # the warm start also proves the cache relocates
+    moved.parent.mkdir()
+    base.rename(moved)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "backend_run.py"), str(moved), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"warm process failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return {"cold": cold, "warm": json.loads(out.read_text()), "leaks": leaks, "base": moved}
+
+
+def _check_run(record: dict[str, Any]) -> None:
+    assert record["error"] is None, record.get("trace") or record["error"]
+    assert max(record["max_err"].values()) <= 1e-4, record["max_err"]
+    # no batch size made Dynamo re-trace more than it does for a do-nothing backend (graph
+    # breaks: a resumed frame re-traces once when the batch changes, in every process alike)
+    assert record["graphs_after"] == record["baseline_graphs_after"], record
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cold_start_compiles_every_size_up_front(starts: dict[str, Any], case: str) -> None:
+    record = starts["cold"][case]
+    _check_run(record)
+    stats = record["stats"]
+    sizes = len(backend_run.SIZES)
+    assert stats["compiled"] + stats["general_fallbacks"] == stats["graphs"] * (1 + sizes), stats
+    assert stats["loaded"] == 0
+    if case == "broken":
+        assert stats["graphs"] >= 2  # graphs each side of the break, each with its own key
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_warm_start_compiles_nothing_and_matches(starts: dict[str, Any], case: str) -> None:
+    cold, warm = starts["cold"][case], starts["warm"]["models"][case]
+    _check_run(warm)
+    assert warm["stats"]["compiled"] == 0, warm["events"]
+    assert warm["stats"]["graphs"] == cold["stats"]["graphs"]
+    assert warm["stats"]["loaded"] == cold["stats"]["compiled"], warm["events"]
+    for batch, values in cold["outputs"].items():
+        assert torch.allclose(torch.tensor(warm["outputs"][batch]), torch.tensor(values), atol=1e-6)
+
+
+def test_warm_process_built_no_kernel(starts: dict[str, Any]) -> None:
+    warm = starts["warm"]
+    assert warm["kernel_builds"] == []
+    misses = {k: v for k, v in warm["counters"].items() if v and "fxgraph_cache_miss" in k}
+    assert not misses, misses
+
+
+def test_ranks_get_separate_entries(starts: dict[str, Any]) -> None:
+    from torchshim.cache import CacheStore
+
+    base = starts["base"]
+    rank0 = {e.id for e in CacheStore(base / "rank_0").entries()}
+    rank1 = {e.id for e in CacheStore(base / "rank_1").entries()}
+    assert rank0 and rank1 and not rank0 & rank1
+
+
+def test_cold_start_leaks_no_process_state(starts: dict[str, Any]) -> None:
+    assert starts["leaks"] == []
+
+
+def test_dispatch_routes_by_batch_size() -> None:
+    calls: list[str] = []
+    variants: dict[int | None, Any] = {
+        None: lambda *a: calls.append("general"),
+        2: lambda *a: calls.append("2"),
+    }
+    by_dim = make_dispatcher(variants, (1, 0))
+    by_dim("x", torch.zeros(2, 3))
+    by_dim("x", torch.zeros(3, 3))
+    by_int = make_dispatcher(variants, (0, None))
+    by_int(2)
+    by_int(7)
+    assert calls == ["2", "general", "2", "general"]
+    assert make_dispatcher({None: variants[None]}, (0, None)) is variants[None]
+
+
+def test_a_changed_key_factor_is_named_when_compiling_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def f(x):  # type: ignore[no-untyped-def]
+        return torch.relu(x) * 2
+
+    args = [torch.randn(3, 4)]
+    gm = torch.fx.symbolic_trace(f)
+    first = torchshim.backend(tmp_path, adaptor="inductor")
+    first(gm, args)
+    other = torchshim.backend(tmp_path, adaptor="inductor", compiler_config={"max_autotune": False})
+    with caplog.at_level(logging.WARNING, logger="torchshim"):
+        other(gm, args)
+    assert other.stats.compiled == 1
+    assert any("compiler_config" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_bad_settings_are_typed_errors(tmp_path: Path) -> None:
+    with pytest.raises(torchshim.AdaptorConfigError, match="compile_sizes"):
+        torchshim.backend(tmp_path, compile_sizes=[0])
+    with pytest.raises(torchshim.UnknownAdaptorError):
+        torchshim.backend(tmp_path, adaptor="tvm")

@@ -126,7 +126,7 @@ def worker_main(argv: Sequence[str]) -> int:
     shim = torchshim.shims.active().module
     before = shim.compile_counters()
     # trace with a batch Dynamo keeps symbolic (it specialises 0 and 1)
-    probe = tokens(max(2, *sizes), args.device)
+    probe = tokens(max([2, *sizes]), args.device)
     with _count_builds() as builds, torch.no_grad():
         shim.mark_dynamic(probe, 0)
         with torchshim.capture_config():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -34,6 +35,8 @@ GENERAL = "general"  # index marker: a size that could not be specialised runs t
 BATCHES = (2, 3, 4)  # what each process runs: 3 is not served (general artifact, no re-trace)
 SEQ = 8
 VOCAB = 96
+#: where the models run (the GPU round trip sets TORCHSHIM_TEST_DEVICE=cuda)
+DEVICE = os.environ.get("TORCHSHIM_TEST_DEVICE", "cpu")
 
 
 def gpt2() -> torch.nn.Module:
@@ -72,11 +75,12 @@ CAPTURE = {"gpt2": False, "x_transformer": True}
 
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return MODELS[name]().eval()
+    return MODELS[name]().eval().to(DEVICE)
 
 
 def tokens(batch: int) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(batch))
+    gen = torch.Generator().manual_seed(batch)
+    return torch.randint(0, VOCAB, (batch, SEQ), generator=gen).to(DEVICE)
 
 
 def logits(out: Any) -> torch.Tensor:

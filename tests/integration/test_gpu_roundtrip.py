@@ -1,9 +1,8 @@
 """The round trip on a CUDA device: Triton kernels must load from the relocated cache directory
 without being rebuilt. Skips where there is no GPU (CI never has one).
 
-Measured on an H200 with torch 2.11.0+cu130 / Triton 3.6.0 (2026-11-28); what fails there is in
-``GPU_XFAILS`` below, applied strictly so that a fix upstream turns the run red until the entry
-is removed.
+Run on an H200 with torch 2.11.0+cu130 / Triton 3.6.0; whatever cannot pass there goes in
+``GPU_XFAILS`` below, applied strictly so that a fix turns the run red until the entry is removed.
 """
 
 from __future__ import annotations
@@ -26,29 +25,10 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)"),
 ]
 
-#: (adaptor, source, shape, check) -> reason. `check` is "compile" or "load".
-GPU_XFAILS: dict[tuple[str, str, str, str], str] = {
-    **{
-        (adaptor, "dynamo", "general", check): (
-            "torch 2.11 CUDA: standalone_compile(dynamic_shapes='from_tracing_context') adds a "
-            "symbol without a source to Dynamo's ShapeEnv; guard building then raises 'sources "
-            "must not be empty for symbol sN' (works on CPU)"
-        )
-        # Not the unpacked variant: it runs after the binary one on the same symbolic graph, hits
-        # the caches that compile filled and so never lowers the graph itself; it passes.
-        for adaptor in ("inductor_standalone",)
-        for check in ("compile", "load")
-    },
-    **{
-        (adaptor, source, "int", "load"): (
-            "torch 2.11 CUDA: a graph compiled with max_autotune/coordinate_descent_tuning "
-            "re-benchmarks and rebuilds Triton kernels (ptxas) when loaded in a fresh process; "
-            "its autotune results are keyed by absolute kernel paths"
-        )
-        for adaptor in ("inductor", "inductor_standalone", "inductor_standalone_unpacked")
-        for source in ("fx", "dynamo")
-    },
-}
+#: (adaptor, source, shape, check) -> reason: cases that cannot pass on the GPU, applied as strict
+#: xfails. Empty: the two families recorded here before (a source-less symbol in Dynamo's shape
+#: environment; re-tuning of tuned sizes at load) are fixed, see matrix/GPU.md.
+GPU_XFAILS: dict[tuple[str, str, str, str], str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +75,5 @@ def test_gpu_compile_put_triton_cache_inside_base(gpu_run: dict[str, Any]) -> No
     assert gpu_run["triton_files_in_base"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch 2.11 CUDA: loading max-autotuned graphs writes *.best_config files to the "
-    "cache directory's old absolute location",
-)
 def test_gpu_relocated_load_leaves_old_location_alone(gpu_run: dict[str, Any]) -> None:
     assert gpu_run["recreated_at_old_place"] == []

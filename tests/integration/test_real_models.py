@@ -24,7 +24,7 @@ pytest.importorskip("x_transformers")
 
 HERE = Path(__file__).parent
 CASES = [f"{a}/{m}" for a in ("inductor", "inductor_standalone") for m in engine.MODELS]
-TOLERANCE = 1e-4
+TOLERANCE = 1e-4 if engine.DEVICE == "cpu" else 2e-3  # GPU kernels reduce in another order
 
 
 @pytest.fixture(scope="module")

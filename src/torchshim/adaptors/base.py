@@ -210,6 +210,13 @@ def parameter_constants(graph: Any) -> list[str]:
 
 
 _warned_float_graphs: set[tuple[str, tuple[str, ...]]] = set()
+_warned: set[str] = set()
+
+
+def _warn_once(token: str, message: str) -> None:
+    if token not in _warned:
+        _warned.add(token)
+        log.warning("%s", message)
 
 
 def _warn_float_symbols(adaptor: str, symbols: tuple[str, ...]) -> None:
@@ -484,11 +491,22 @@ class CompilerInterface(abc.ABC):
         self, compiler_config: dict[str, Any] | None, runtime_shape: int | None
     ) -> dict[str, Any]:
         """The caller's Inductor config, tuned harder for a specific size (compiled once, served
-        often: max-autotune and coordinate-descent tuning) unless the caller says otherwise."""
+        often: ``max_autotune``) unless the caller says otherwise.
+
+        Not coordinate-descent tuning, unlike the reference design: Inductor runs it at the first
+        call of a kernel, and a process that loads the kernel runs it again (pytorch/pytorch#172819,
+        measured in matrix/GPU.md), so a loaded graph would tune, rebuild Triton kernels and write
+        tuning results at load. A caller who asks for it gets it, with a warning."""
         config = dict(compiler_config or {})
         if isinstance(runtime_shape, int):
             config.setdefault("max_autotune", True)
-            config.setdefault("coordinate_descent_tuning", True)
+        if config.get("coordinate_descent_tuning"):
+            _warn_once(
+                "coordesc",
+                "coordinate_descent_tuning=True: Inductor tunes at the first call, also in "
+                "every process that loads the graph (pytorch/pytorch#172819), so loads of these "
+                "graphs re-tune and rebuild kernels",
+            )
         return config
 
     def _same_graph_everywhere(self, graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:

@@ -178,12 +178,16 @@ class Backend:
             factors = self.key_factors(adaptor, gm, example_inputs)
             key = self._key(factors)
             adaptor.extra_meta = {"backend_factors": factors, "graph_index": index}
+            position = graph_inputs(gm, example_inputs).batch_position
+            # A graph with a static batch serves one size: nothing to specialise. Dynamo
+            # specialises batch sizes 0 and 1 (a graph of their own), so a symbolic graph never
+            # sees them.
+            sizes = [s for s in self.compile_sizes if s >= 2] if position is not None else []
             variants: dict[int | None, Callable[..., Any]] = {}
-            for shape in (None, *self.compile_sizes):
+            for shape in (None, *sizes):
                 fn = self._one(adaptor, gm, example_inputs, index, key, shape, factors)
                 if fn is not None:
                     variants[shape] = fn
-            position = graph_inputs(gm, example_inputs).batch_position
         self.stats.graphs += 1
         self.stats.seconds += time.perf_counter() - started
         return make_dispatcher(variants, position)
@@ -349,6 +353,20 @@ def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., 
     return chosen(gm, example_inputs)
 
 
+def _cut(values: Any, dim: int, size: int) -> Any:
+    """Tensors in ``values`` (a tuple or dict) narrowed to ``size`` along ``dim``."""
+    import torch
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > dim and value.shape[dim] >= size:
+            return value.narrow(dim, 0, size).clone()  # a fresh tensor, as callers pass
+        return value
+
+    if isinstance(values, dict):
+        return {k: cut(v) for k, v in values.items()}
+    return tuple(cut(v) for v in values)
+
+
 def compile(
     model: Callable[..., Any],
     cache_dir: str | os.PathLike[str] | None = None,
@@ -375,13 +393,22 @@ def compile(
     def run(*args: Any, **kwargs: Any) -> Any:
         if not state["first"]:
             return compiled(*args, **kwargs)
-        if batch_dim is not None:
-            shim = active().module
-            for value in (*args, *kwargs.values()):
-                if isinstance(value, torch.Tensor) and value.dim() > batch_dim:
-                    shim.mark_dynamic(value, batch_dim)
+        shim = active().module
+        dim = -1 if batch_dim is None else batch_dim
+        batched = [
+            value
+            for value in (*args, *kwargs.values())
+            if isinstance(value, torch.Tensor) and dim >= 0 and value.dim() > dim
+        ]
+        for value in batched:
+            shim.mark_dynamic(value, dim)
         with capture_config():
             out = compiled(*args, **kwargs)
+            if batched:
+                # Dynamo gives batch sizes 0 and 1 a graph of their own: trace (and compile or
+                # load) it now, with the inputs cut to that size, so no first call waits for it
+                for size in (s for s in chosen.compile_sizes if s < 2):
+                    compiled(*_cut(args, dim, size), **_cut(kwargs, dim, size))
         state["first"] = False
         return out
 

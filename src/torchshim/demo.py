@@ -121,16 +121,16 @@ def worker_main(argv: Sequence[str]) -> int:
     imported = time.time()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     model = build_model(args.device)
-    backend = Backend(args.cache_dir, compile_sizes=sizes, adaptor=args.adaptor)
-    compiled: Any = torch.compile(model, backend=backend)
+    compiled: Any = torchshim.compile(
+        model, cache_dir=args.cache_dir, compile_sizes=sizes, adaptor=args.adaptor
+    )
+    backend: Backend = compiled.backend
     shim = torchshim.shims.active().module
     before = shim.compile_counters()
     # trace with a batch Dynamo keeps symbolic (it specialises 0 and 1)
     probe = tokens(max([2, *sizes]), args.device)
     with _count_builds() as builds, torch.no_grad():
-        shim.mark_dynamic(probe, 0)
-        with torchshim.capture_config():
-            first = compiled(probe)
+        first = compiled(probe)
         if args.device == "cuda":
             torch.cuda.synchronize()
         ready = time.time()

@@ -500,6 +500,7 @@ class CompilerInterface(abc.ABC):
         config = dict(compiler_config or {})
         if isinstance(runtime_shape, int):
             config.setdefault("max_autotune", True)
+        config.update(active().module.artifact_config())
         if config.get("coordinate_descent_tuning"):
             _warn_once(
                 "coordesc",

@@ -121,6 +121,11 @@ class ShimModule(Protocol):
         """Look a compiled graph up by key (no compilation); ``None`` on a miss."""
         ...
 
+    def artifact_config(self) -> dict[str, Any]:
+        """Inductor config every stored compile uses, whatever the caller asks (keys this torch
+        has): nothing that writes files at run time, keyed by where the compile happened."""
+        ...
+
     def capture_config(self) -> AbstractContextManager[None]:
         """Dynamo configuration under which a compiling and a loading process trace the same
         graph (Python floats specialised, so no compile-triggered re-trace)."""

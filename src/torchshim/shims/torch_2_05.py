@@ -22,6 +22,7 @@ __all__ = [
     "FIRST_SERIES",
     "PATCH_TARGETS",
     "AlwaysHitShapeEnv",
+    "artifact_config",
     "autograd_cache_off",
     "capture_config",
     "capture_fx_compilation",
@@ -247,6 +248,18 @@ def graph_returns_tuple(graph: Any) -> bool:
     from torch._inductor.compile_fx import graph_returns_tuple as _returns_tuple
 
     return bool(_returns_tuple(graph))
+
+
+def artifact_config() -> dict[str, Any]:
+    import torch._inductor.config as inductor_config
+
+    # autotune_local_cache (torch 2.5 - 2.15): runtime autotuning of a kernel with several configs
+    # stores its result beside the kernel's source, keyed by the absolute path the kernel had when
+    # it was compiled, so every process that loads the graph writes into the compiling process's
+    # (moved, or temporary) directory. Off in stored compiles: nothing is written at run time.
+    # Upstream: pytorch/pytorch#181292.
+    wanted = {"autotune_local_cache": False}
+    return {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}
 
 
 @contextlib.contextmanager

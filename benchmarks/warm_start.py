@@ -94,7 +94,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         shim.mark_dynamic(probe, 0)
         with torchshim.capture_config():
-            first = logits(compiled(probe))
+            first = logits(compiled(probe)).clone()  # CUDA graphs reuse their output buffers
         _sync(args.device)
         t_ready = time.time()
         # every served size once (plain torch.compile compiles lazily: this is its "ready")
@@ -126,11 +126,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _time_call(fn: Any, device: str, repeat: int = 30) -> float:
+    import torch
+
+    step = getattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
     for _ in range(3):
+        step()
         fn()
     _sync(device)
     times = []
     for _ in range(repeat):
+        step()
         t0 = time.perf_counter()
         fn()
         _sync(device)
@@ -188,6 +193,7 @@ def main() -> int:
     parser.add_argument("--models", default="demo,gpt2")
     parser.add_argument("--sizes", default="1,2,4,8")
     parser.add_argument("--kind", default="torchshim")
+    parser.add_argument("--kinds", default="", help="only these runs (comma-separated)")
     parser.add_argument("--phase", default="cold")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--cache", default="")
@@ -207,6 +213,8 @@ def main() -> int:
         kinds.append("plain-max-autotune")
     if hasattr(torch.compiler, "save_cache_artifacts"):
         kinds.append("megacache")
+    if args.kinds:
+        kinds = [k for k in kinds if k in args.kinds.split(",")]
     rows = []
     for model in args.models.split(","):
         for kind in kinds:

@@ -67,6 +67,8 @@ def x_transformer() -> torch.nn.Module:
 
 
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {"gpt2": gpt2, "x_transformer": x_transformer}
+if os.environ.get("TORCHSHIM_TEST_MODELS"):  # a subset, for a short GPU lease
+    MODELS = {k: v for k, v in MODELS.items() if k in os.environ["TORCHSHIM_TEST_MODELS"]}
 #: Dynamo's capture per model, the same in both processes: Dynamo's defaults (Python floats
 #: traced as inputs; the adaptors have Dynamo re-trace with them specialised) or
 #: torchshim.capture_config() (specialised from the start).
@@ -88,9 +90,11 @@ def logits(out: Any) -> torch.Tensor:
 
 
 def adaptors() -> tuple[str, ...]:
-    if "supports_standalone_compile" in torchshim.capabilities():
-        return ("inductor", "inductor_standalone")
-    return ("inductor",)
+    names = ("inductor", "inductor_standalone")
+    if "supports_standalone_compile" not in torchshim.capabilities():
+        names = ("inductor",)
+    wanted = os.environ.get("TORCHSHIM_TEST_ADAPTORS")  # a subset, for a short GPU lease
+    return tuple(n for n in names if not wanted or n in wanted.split(","))
 
 
 def graph_key(gm: torch.fx.GraphModule) -> str:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.compile
 pytest.importorskip("transformers")
 
 HERE = Path(__file__).parent
-CASES = ["demo", "gpt2", "broken", "demo@rank1", "demo@by_name"]
+CASES = ["demo", "gpt2", "broken", "broken@rank1", "demo@by_name"]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,16 @@ def test_cold_start_compiles_every_size_up_front(starts: dict[str, Any], case: s
     record = starts["cold"][case]
     _check_run(record)
     stats = record["stats"]
-    sizes = len(backend_run.SIZES)
-    assert stats["compiled"] + stats["general_fallbacks"] == stats["graphs"] * (1 + sizes), stats
+    if case == "demo@by_name":  # same model, same cache as "demo": everything loads
+        assert (
+            stats["compiled"] == 0
+            and stats["loaded"] == starts["cold"]["demo"]["stats"]["compiled"]
+        )
+        return
     assert stats["loaded"] == 0
+    assert stats["compiled"] >= stats["graphs"], stats  # a general graph each, and the sizes
+    if case in ("demo", "gpt2"):  # the symbolic graph got the general graph and both sizes
+        assert stats["compiled"] + stats["general_fallbacks"] >= 1 + len(backend_run.SIZES), stats
     if case == "broken":
         assert stats["graphs"] >= 2  # graphs each side of the break, each with its own key
 
@@ -79,7 +86,7 @@ def test_warm_start_compiles_nothing_and_matches(starts: dict[str, Any], case: s
     _check_run(warm)
     assert warm["stats"]["compiled"] == 0, warm["events"]
     assert warm["stats"]["graphs"] == cold["stats"]["graphs"]
-    assert warm["stats"]["loaded"] == cold["stats"]["compiled"], warm["events"]
+    assert warm["stats"]["loaded"] == cold["stats"]["compiled"] + cold["stats"]["loaded"]
     for batch, values in cold["outputs"].items():
         assert torch.allclose(torch.tensor(warm["outputs"][batch]), torch.tensor(values), atol=1e-6)
 
@@ -98,6 +105,11 @@ def test_ranks_get_separate_entries(starts: dict[str, Any]) -> None:
     rank0 = {e.id for e in CacheStore(base / "rank_0").entries()}
     rank1 = {e.id for e in CacheStore(base / "rank_1").entries()}
     assert rank0 and rank1 and not rank0 & rank1
+    # the same graphs, one key each per rank
+    assert (
+        starts["cold"]["broken@rank1"]["stats"]["compiled"]
+        == (starts["cold"]["broken"]["stats"]["compiled"])
+    )
 
 
 def test_cold_start_leaks_no_process_state(starts: dict[str, Any]) -> None:

@@ -139,7 +139,7 @@ def mode_publish_loop(base: Path, source: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / rel, target)
             writer.commit(manifest["meta"])
-        shutil.rmtree(store.entry_dir(entry_id), ignore_errors=True)  # and again
+        store.remove(entry_id)  # as prune does (rename aside, then delete), and again
 
 
 def mode_checkout_loop(base: Path, seconds: float) -> dict[str, Any]:

@@ -257,6 +257,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_worker(argv: Sequence[str]) -> int:
+    """``torchshim _demo-worker ...``: one start of the demo, run by ``torchshim demo``."""
+    from torchshim.demo import worker_main
+
+    print(json.dumps(worker_main(argv)), flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchshim",
@@ -335,6 +343,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_demo-worker"]:
+        return _demo_worker(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -2,7 +2,7 @@
 process, through torchshim's backend; what each phase cost, what was compiled and loaded, and
 whether the outputs match eager.
 
-The worker (``python -m torchshim.demo worker ...``) prints progress on stderr and one JSON line
+The worker (``python -m torchshim _demo-worker ...``) prints progress on stderr and one JSON line
 on stdout; :func:`run_demo` starts it twice and returns both records.
 """
 
@@ -95,9 +95,10 @@ def _count_builds() -> Iterator[list[str]]:
         yield builds
 
 
-def worker_main(argv: Sequence[str]) -> int:
-    """One start of the demo model (cold or warm); prints a JSON record on stdout."""
-    parser = argparse.ArgumentParser(prog="torchshim.demo worker")
+def worker_main(argv: Sequence[str]) -> dict[str, Any]:
+    """One start of the demo model (cold or warm); its record (``torchshim _demo-worker`` prints
+    it as one JSON line)."""
+    parser = argparse.ArgumentParser(prog="torchshim _demo-worker")
     parser.add_argument("--phase", required=True)
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--sizes", required=True)
@@ -156,8 +157,7 @@ def worker_main(argv: Sequence[str]) -> int:
         "fx_misses": counters.get("inductor.fxgraph_cache_miss", 0),
         "events": backend.stats.events,
     }
-    print(json.dumps(record), flush=True)
-    return 0
+    return record
 
 
 @dataclass
@@ -181,8 +181,8 @@ def _run_worker(
     command = [
         sys.executable,
         "-m",
-        "torchshim.demo",
-        "worker",
+        "torchshim",
+        "_demo-worker",
         "--phase",
         phase,
         "--cache-dir",
@@ -239,9 +239,3 @@ def run_demo(
             f"{warm['builds']} kernel build(s), {warm['fx_misses']} FX-graph-cache miss(es)"
         )
     return DemoResult(records["cold"], records["warm"], not problems, problems)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        sys.exit(worker_main(sys.argv[2:]))
-    sys.exit("usage: python -m torchshim.demo worker ... (use `torchshim demo`)")

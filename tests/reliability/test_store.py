@@ -220,3 +220,49 @@ def test_prune_skips_an_entry_being_written(tmp_path: Path) -> None:
         # another process holds the lock: flock locks conflict between open file descriptions
         assert CacheStore(tmp_path / "c").prune(max_size=0) == []
     assert store.prune(max_size=0) == ["ab" * 16]
+
+
+def _entry_with_factors(store: CacheStore, entry_id: str, **changes: str) -> None:
+    factors = {"torch_key": "t1", "system": "cpu", "inductor_config": "c1"} | changes
+    backend = {"graph": "g1", "compiler_config": "{}", "rank": "0"}
+    make_entry(store, entry_id, {"factors": factors, "backend_factors": backend, "adaptor": "x"})
+
+
+def test_cache_cli_info_verify_prune_explain_clear(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchshim.cli import main
+
+    store = CacheStore(tmp_path / "c")
+    _entry_with_factors(store, "aa" * 16)
+    _entry_with_factors(store, "bb" * 16, torch_key="t2")
+    root = ["--cache-dir", str(store.root)]
+    assert main(["cache", "info", "--entries", *root]) == 0
+    out = capsys.readouterr().out
+    assert "entries: 2" in out and "aa" * 16 in out
+    assert main(["cache", "explain", "aa", "bb", *root]) == 1
+    out = capsys.readouterr().out
+    assert "torch build" in out and "t1" in out and "t2" in out
+    assert main(["cache", "explain", "aa", "aa", *root]) == 0
+    assert "no key factor differs" in capsys.readouterr().out
+    assert main(["cache", "verify", *root]) == 0
+    _flip(store.entry_dir("bb" * 16) / "payload.bin")
+    assert main(["cache", "verify", *root]) == 1
+    assert "does not match its SHA-256" in capsys.readouterr().out
+    assert [e.id for e in store.entries()] == ["aa" * 16]  # the bad one was quarantined
+    assert main(["cache", "prune", "--max-size", "0", *root]) == 0
+    assert store.entries() == []
+    assert main(["cache", "prune", *root]) == 2  # nothing to prune by: a usage error
+    _entry_with_factors(store, "cc" * 16)
+    assert main(["cache", "clear", *root]) == 0
+    assert store.entries() == [] and not list((store.root / "quarantine").iterdir())
+    assert main(["cache", "info", "--cache-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no cache directory" in capsys.readouterr().err
+
+
+def test_backend_directories_are_read_per_rank(tmp_path: Path) -> None:
+    from torchshim.cli import _stores
+
+    for rank in (0, 1):
+        make_entry(CacheStore(tmp_path / f"rank_{rank}"))
+    assert [s.root.name for s in _stores(str(tmp_path))] == ["rank_0", "rank_1"]

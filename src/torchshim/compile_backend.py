@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -335,10 +336,25 @@ def _sizes_from_env(text: str) -> list[int]:
         ) from exc
 
 
+def _config_from_env(text: str) -> dict[str, Any] | None:
+    if not text.strip():
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise AdaptorConfigError(
+            f"TORCHSHIM_COMPILER_CONFIG must be a JSON object of Inductor config, such as "
+            f'{{"max_autotune": false}}, got {text!r}'
+        ) from exc
+    if not isinstance(config, dict):
+        raise AdaptorConfigError(f"TORCHSHIM_COMPILER_CONFIG must be a JSON object, got {text!r}")
+    return config
+
+
 def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
     """``torch.compile(model, backend="torchshim")``: configured by ``TORCHSHIM_CACHE_DIR``,
-    ``TORCHSHIM_COMPILE_SIZES`` (e.g. ``1,2,4,8``), ``TORCHSHIM_ADAPTOR`` and ``TORCHSHIM_RANK``;
-    one backend per process."""
+    ``TORCHSHIM_COMPILE_SIZES`` (e.g. ``1,2,4,8``), ``TORCHSHIM_ADAPTOR``,
+    ``TORCHSHIM_COMPILER_CONFIG`` (JSON) and ``TORCHSHIM_RANK``; one backend per process."""
     global _registered
     with _registered_lock:
         if _registered is None:
@@ -347,6 +363,7 @@ def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., 
                 cache_dir=os.environ.get("TORCHSHIM_CACHE_DIR") or None,
                 compile_sizes=_sizes_from_env(os.environ.get("TORCHSHIM_COMPILE_SIZES", "")),
                 adaptor=os.environ.get("TORCHSHIM_ADAPTOR", "auto"),
+                compiler_config=_config_from_env(os.environ.get("TORCHSHIM_COMPILER_CONFIG", "")),
                 rank=int(rank) if rank else None,
             )
         chosen = _registered

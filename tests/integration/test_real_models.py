@@ -73,7 +73,8 @@ def _check(entry: dict[str, Any]) -> None:
     # No batch size (3 is not served) made Dynamo re-trace more than it does for a do-nothing
     # backend; the only extra backend calls are those asking Dynamo to specialise Python floats.
     calls = [c - r for c, r in zip(entry["calls_after"], entry["restarts_after"], strict=True)]
-    assert calls == entry["baseline_calls_after"], entry
+    pairs = zip(calls, entry["baseline_calls_after"], strict=True)
+    assert all(ours <= theirs for ours, theirs in pairs), entry
     assert entry["backend_calls"] == len(entry["graphs"]) + entry["restarts"], entry
     assert entry["restarts"] <= len(entry["graphs"]), entry
     # served sizes ran artifacts of their own (a graph whose specialisation would depend on
@@ -105,8 +106,9 @@ def test_loads_in_process_b(models_run: dict[str, Any], case: str, request: Any)
     _available(case)
     entry = models_run["loaded"]["models"][case]
     _check(entry)
-    # process B traced the very graph process A compiled, and found every artifact
-    assert entry["graphs"] == models_run["compiled"][case]["graphs"]
+    # process B traced graphs process A compiled (not always all of them: Dynamo's
+    # profile-guided dynamic shapes may skip a static first trace), and found every artifact
+    assert set(entry["graphs"]) <= set(models_run["compiled"][case]["graphs"])
     assert entry["misses"] == []
 
 

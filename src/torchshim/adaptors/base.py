@@ -164,19 +164,21 @@ def handle_from_json(text: str | bytes) -> Handle:
 
 
 def graph_digest(graph: Any, example_inputs: Sequence[Any]) -> str:
-    """A key for a compile when the caller gives none: the graph's code and its inputs' metadata
-    (symbolic sizes as Dynamo named them, so every batch size of one trace gets the same key)."""
+    """A key for a compile when the caller gives none: the graph's code with its input symbols
+    renamed by position, and its inputs' dtypes, devices and static sizes (symbolic sizes as
+    ``sym``), so every batch size of one trace, in any process, gets the same key."""
     nodes = [
         n for n in getattr(getattr(graph, "graph", None), "nodes", ()) if n.op == "placeholder"
     ]
-    text = [str(getattr(graph, "code", graph))]
+    text = [active().module.canonical_code(graph, example_inputs)]
     for index, value in enumerate(example_inputs):
         meta = nodes[index].meta.get("example_value") if index < len(nodes) else None
         shown = meta if meta is not None and hasattr(meta, "shape") else value
         shape = getattr(shown, "shape", None)
+        dims = [d if isinstance(d, int) else "sym" for d in shape] if shape is not None else None
         text.append(
             f"{type(value).__name__}:{getattr(shown, 'dtype', '')}:"
-            f"{getattr(shown, 'device', '')}:{tuple(shape) if shape is not None else shown!r}"
+            f"{getattr(shown, 'device', '')}:{dims if dims is not None else type(shown).__name__}"
         )
     return hashlib.sha256("\n".join(text).encode()).hexdigest()[:32]
 

@@ -6,13 +6,16 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "LockTimeout",
     "atomic_write",
     "copy_hashed",
+    "file_lock",
     "fsync_dir",
     "fsync_tree",
     "sha256_file",
@@ -102,3 +105,42 @@ def copy_hashed(source: Path, target: Path) -> tuple[str, int]:
             size += len(chunk)
     shutil.copymode(source, target)
     return digest.hexdigest(), size
+
+
+class LockTimeout(TimeoutError):
+    """:func:`file_lock` waited longer than its timeout."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the block, waiting at most ``timeout`` seconds.
+
+    The kernel releases an ``flock`` when its holder dies, so a crash never blocks the others.
+    The lock is held through two descriptors of one open file: with torch 2.7 and 2.8, the
+    descriptor of a ``filelock`` lock held across an Inductor compile was found closed at release
+    (EBADF), so one stray close must neither release the lock early nor make its release fail. A
+    descriptor is closed at the end only if it still refers to the lock file.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    inode = os.fstat(fd).st_ino
+    spare = os.dup(fd)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{path} is held by another process") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        for descriptor in (fd, spare):
+            with contextlib.suppress(OSError):
+                if os.fstat(descriptor).st_ino != inode:
+                    continue  # the number was closed by someone else and reused: not ours
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+                os.close(descriptor)

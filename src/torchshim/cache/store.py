@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from torchshim.cache.files import atomic_write, copy_hashed, fsync_dir, fsync_tree, tree_files
+from torchshim.cache.files import (
+    LockTimeout,
+    atomic_write,
+    copy_hashed,
+    file_lock,
+    fsync_dir,
+    fsync_tree,
+    tree_files,
+)
 from torchshim.cache.trust import (
     STRICT_ENV,
     env_flag,
@@ -148,7 +156,8 @@ class CacheStore:
         self.reason: str | None = None
         if create and not self.root.exists():
             try:
-                self.root.mkdir(parents=True, mode=0o700)
+                # exist_ok: processes sharing a cache directory start together
+                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as exc:
                 raise CacheDirError(
                     f"cannot create cache directory {self.root}: {exc.strerror or exc}. Pass a "
@@ -244,21 +253,15 @@ class CacheStore:
         if not self.writable:
             yield
             return
-        import filelock
-
         path = self.root / "locks" / f"{entry_id}.lock"
-        lock = filelock.FileLock(str(path), timeout=timeout)
         try:
-            lock.acquire()
-        except filelock.Timeout as exc:
+            with file_lock(path, timeout):
+                yield
+        except LockTimeout as exc:
             raise CacheLockTimeout(
                 f"waited {timeout:.0f} s for the lock of cache entry {entry_id} ({path}); "
                 "another process is compiling it. Raise TORCHSHIM_LOCK_TIMEOUT or try again."
             ) from exc
-        try:
-            yield
-        finally:
-            lock.release()
 
     # -- writing ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -552,14 +555,12 @@ class CacheStore:
 
     def remove(self, entry_id: str) -> bool:
         """Remove one entry unless another process holds its lock right now."""
-        import filelock
-
         entry = self.entry_dir(entry_id)
         try:
             with self.lock(entry_id, timeout=0):
                 trash = self.root / "tmp" / f"trash-{os.getpid()}-{uuid.uuid4().hex}"
                 os.rename(entry, trash)
-        except (CacheLockTimeout, filelock.Timeout, OSError):
+        except (CacheLockTimeout, OSError):
             return False
         shutil.rmtree(trash, ignore_errors=True)
         self._index_update(entry_id, None)
@@ -621,10 +622,8 @@ class CacheStore:
 
     def compact_stats(self) -> None:
         """Fold ``stats.jsonl`` into one line per event (prune does this; counts are kept)."""
-        import filelock
-
-        lock = filelock.FileLock(str(self.root / "locks" / "index.lock"), timeout=30)
-        with contextlib.suppress(filelock.Timeout, OSError), lock:
+        lock = file_lock(self.root / "locks" / "index.lock", 30)
+        with contextlib.suppress(LockTimeout, OSError), lock:
             totals = self.stats()
             text = "".join(
                 json.dumps({"event": event, "n": n}) + "\n" for event, n in sorted(totals.items())
@@ -673,17 +672,15 @@ class CacheStore:
     def _index_update(self, entry_id: str, manifest: Mapping[str, Any] | None) -> None:
         if not self.writable:
             return
-        import filelock
-
         try:
-            with filelock.FileLock(str(self.root / "locks" / "index.lock"), timeout=30):
+            with file_lock(self.root / "locks" / "index.lock", 30):
                 data = self.index()
                 if manifest is None:
                     data["entries"].pop(entry_id, None)
                 else:
                     data["entries"][entry_id] = self._summary(manifest)
                 atomic_write(self.root / "index.json", json.dumps(data, indent=1).encode())
-        except (filelock.Timeout, OSError) as exc:  # advisory: never fail a save for it
+        except (LockTimeout, OSError) as exc:  # advisory: never fail a save for it
             log.debug("cache index not updated: %s", exc)
 
 

@@ -141,6 +141,11 @@ class ShimModule(Protocol):
         ...
 
     # --- shapes -----------------------------------------------------------------------------------
+    def canonical_code(self, graph: Any, example_inputs: Sequence[Any]) -> str:
+        """The graph's code with its input symbols renamed by position, for keys that do not
+        depend on how Dynamo happened to name them."""
+        ...
+
     def describe_graph_inputs(self, graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:
         """The size and float symbols of the graph's inputs (from the examples or the graph's
         placeholder metadata), and which one is the batch."""

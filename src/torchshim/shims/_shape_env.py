@@ -27,6 +27,7 @@ from torchshim.shims._protocol import GraphInputs, IsolatedCompile
 
 __all__ = [
     "IsolatedCompile",
+    "canonical_code",
     "describe_graph_inputs",
     "install_guards",
     "isolated_inputs",
@@ -139,6 +140,25 @@ def tensorified_floats(graph: Any) -> list[str]:
     return names
 
 
+def canonical_code(graph: Any, example_inputs: Sequence[Any]) -> str:
+    """The graph's code with its input symbols renamed by position (``s33`` -> ``__sym0``), so
+    that two processes which traced the same graph but named its sizes differently agree."""
+    import re
+
+    code = str(getattr(graph, "code", graph))
+    nodes = _placeholders(graph)
+    views = [
+        _symbolic_view(nodes[i] if i < len(nodes) else None, ex)
+        for i, ex in enumerate(example_inputs)
+    ]
+    sizes, floats, _batch = _symbols_in_order(views)
+    names = {str(sym): f"__sym{index}" for index, sym in enumerate([*sizes, *floats])}
+    if not names:
+        return code
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
+    return pattern.sub(lambda m: names[m.group(1)], code)
+
+
 def describe_graph_inputs(graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:
     nodes = _placeholders(graph)
     views = [
@@ -213,12 +233,18 @@ def _allowed_functions() -> dict[str, Any]:
     return allowed
 
 
-def _encode(expr: Any) -> Any:
+def _encode(expr: Any, positions: Mapping[Any, int]) -> Any:
+    """A JSON tree of ``expr``. An input symbol is written as its position among the graph's
+    input symbols (``["arg", 1]``), not its name: Dynamo may name the same size ``s0`` in one
+    process and ``s1`` in another (its profile-guided automatic dynamic shapes traced the frame
+    in another order), and the guards must apply to the graph, whatever the names."""
     import sympy
 
     if expr is sympy.true or expr is sympy.false:
         return ["bool", bool(expr)]
     if isinstance(expr, sympy.Symbol):
+        if expr in positions:
+            return ["arg", positions[expr]]
         return ["sym", expr.name]
     if isinstance(expr, sympy.Integer):
         return ["int", int(expr)]
@@ -229,10 +255,10 @@ def _encode(expr: Any) -> Any:
     name = type(expr).__name__
     if name not in _allowed_functions():
         raise ValueError(f"guard uses {name}, which torchshim does not carry in handles")
-    return [name, *(_encode(arg) for arg in expr.args)]
+    return [name, *(_encode(arg, positions) for arg in expr.args)]
 
 
-def _decode(tree: Any, symbols: Mapping[str, Any]) -> Any:
+def _decode(tree: Any, symbols: Mapping[str, Any], ordered: Sequence[Any]) -> Any:
     import sympy
 
     if not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
@@ -240,6 +266,10 @@ def _decode(tree: Any, symbols: Mapping[str, Any]) -> Any:
     head, args = tree[0], tree[1:]
     if head == "bool":
         return sympy.true if args[0] else sympy.false
+    if head == "arg":
+        if not isinstance(args[0], int) or not 0 <= args[0] < len(ordered):
+            raise ValueError(f"guard names input symbol {args[0]!r}; this graph has {len(ordered)}")
+        return ordered[args[0]]
     if head == "sym":
         if args[0] not in symbols:
             raise ValueError(f"guard names {args[0]}, which this graph's inputs do not carry")
@@ -253,7 +283,7 @@ def _decode(tree: Any, symbols: Mapping[str, Any]) -> Any:
     function = _allowed_functions().get(head)
     if function is None:
         raise ValueError(f"guard uses {head}, which is not allowed")
-    return function(*(_decode(arg, symbols) for arg in args))
+    return function(*(_decode(arg, symbols, ordered) for arg in args))
 
 
 def install_guards(graph: Any, example_inputs: Sequence[Any], guards: Sequence[str]) -> bool:
@@ -271,7 +301,8 @@ def install_guards(graph: Any, example_inputs: Sequence[Any], guards: Sequence[s
     if env is None:
         raise ValueError("the graph's inputs carry no symbolic sizes to guard")
     symbols = {str(sym): sym for sym in _backed_values(env)}
-    exprs = [_decode(json.loads(text), symbols) for text in guards]
+    sizes, floats, _batch = _symbols_in_order(views)
+    exprs = [_decode(json.loads(text), symbols, [*sizes, *floats]) for text in guards]
     values = _backed_values(env)
     if not all(bool(env.replace(e).xreplace(values)) for e in exprs):
         return False
@@ -299,6 +330,8 @@ def isolated_inputs(
         )
     views = [_symbolic_view(nodes[i] if nodes else None, ex) for i, ex in enumerate(example_inputs)]
     old_env = _find_shape_env(views)
+    sizes, floats, _batch = _symbols_in_order(views)
+    positions = {sym: index for index, sym in enumerate([*sizes, *floats])}
     shape_env = ShapeEnv() if old_env is None else _clone_shape_env(old_env)
     values = _backed_values(shape_env)
     bound: dict[Any, Any] = {}
@@ -364,6 +397,8 @@ def isolated_inputs(
     learnt = [shape_env.replace(g.expr).xreplace(bound) for g in shape_env.guards[known:]]
     isolated.guards = list(
         dict.fromkeys(
-            json.dumps(_encode(expr), separators=(",", ":")) for expr in learnt if expr.free_symbols
+            json.dumps(_encode(expr, positions), separators=(",", ":"))
+            for expr in learnt
+            if expr.free_symbols
         )
     )

@@ -15,7 +15,12 @@ from torchshim._patching import patch_attr, patch_environ
 from torchshim.shims._common import config_patch_existing, stable_digest, stable_json
 from torchshim.shims._common import walk_module_file as _walk_module_file
 from torchshim.shims._protocol import FxCapture
-from torchshim.shims._shape_env import describe_graph_inputs, install_guards, isolated_inputs
+from torchshim.shims._shape_env import (
+    canonical_code,
+    describe_graph_inputs,
+    install_guards,
+    isolated_inputs,
+)
 
 __all__ = [
     "CAPABILITIES",
@@ -24,6 +29,7 @@ __all__ = [
     "AlwaysHitShapeEnv",
     "artifact_config",
     "autograd_cache_off",
+    "canonical_code",
     "capture_config",
     "capture_fx_compilation",
     "compile_counters",

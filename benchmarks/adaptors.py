@@ -103,9 +103,8 @@ def compile_phase(base: Path, adaptors: list[str]) -> dict[str, Any]:
 
 
 def load_phase(base: Path, adaptors: list[str], compiled: dict[str, Any]) -> dict[str, Any]:
-    shim = active().module
     t0 = time.perf_counter()
-    shim.warm_up_cpu()
+    torchshim.warm_up()
     out: dict[str, Any] = {"cpu_warm_up_s": time.perf_counter() - t0}
     for name in adaptors:
         with make_adaptor(name) as adaptor:

@@ -66,6 +66,7 @@ __all__ = [
     "make_adaptor",
     "parse_series",
     "torch_series",
+    "warm_up",
 ]
 
 
@@ -126,3 +127,16 @@ def make_adaptor(name: str, **kwargs: Any) -> CompilerInterface:
     from torchshim.adaptors import make_adaptor as _make_adaptor
 
     return _make_adaptor(name, **kwargs)
+
+
+def warm_up(cache_dir: str | os.PathLike[str] | None = None) -> None:
+    """Pay Inductor's one-time start-up in this process now instead of inside the first compile
+    or load: the CPU vector-ISA probe, which builds and runs test programs (5-30 s in every fresh
+    process). torchshim records the answer, keyed by torch build, C++ compiler and CPU, in
+    ``cache_dir`` (when given) and in the user's torchshim cache directory, so that only the
+    first process on a machine pays it. Compiles and loads through torchshim use the record too.
+    """
+    from torchshim.adaptors import warm_up as _warm_up
+    from torchshim.cache import CacheStore
+
+    _warm_up(CacheStore(cache_dir) if cache_dir is not None else None)

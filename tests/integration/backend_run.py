@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     base, out = Path(argv[1]), Path(argv[2])
     shim = torchshim.shims.active().module
     t0 = time.perf_counter()
-    shim.warm_up_cpu()
+    torchshim.warm_up()
     before = shim.compile_counters()
     counter = CompilerProcessCounter()
     with counter.watching():

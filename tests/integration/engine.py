@@ -252,7 +252,7 @@ def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
 def load_process(base: Path, index: dict[str, Any]) -> dict[str, Any]:
     """Process B: load everything, counting compiles of every kind."""
     shim = torchshim.shims.active().module
-    shim.warm_up_cpu()  # the one-time CPU ISA probe builds test programs: not a kernel build
+    torchshim.warm_up()  # the one-time CPU ISA probe (builds test programs where not recorded)
     before = shim.compile_counters()
     triton_before = _files(base / "triton")
     counter = CompilerProcessCounter()

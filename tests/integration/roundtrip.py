@@ -229,7 +229,7 @@ def load_all(base: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[
     """Process B / C: load every case from ``base`` without compiling."""
     shim = active().module
     t0 = time.perf_counter()
-    shim.warm_up_cpu()  # one-time CPU ISA probing (it builds test programs), paid up front
+    torchshim.warm_up()  # one-time CPU ISA probing (recorded per machine by torchshim), up front
     results: dict[str, Any] = {"warm_up_s": round(time.perf_counter() - t0, 2), "cases": {}}
     before = shim.compile_counters()
     triton_before = _files(base / "triton")

@@ -17,7 +17,9 @@ from torchshim.adaptors.base import (
     graph_digest,
     graph_inputs,
     handle_from_json,
+    machine_probes,
     parameter_constants,
+    warm_up,
 )
 from torchshim.adaptors.eager import EagerAdaptor
 from torchshim.adaptors.inductor import InductorAdaptor
@@ -41,8 +43,10 @@ __all__ = [
     "graph_digest",
     "graph_inputs",
     "handle_from_json",
+    "machine_probes",
     "make_adaptor",
     "parameter_constants",
+    "warm_up",
 ]
 
 ADAPTOR_NAMES = ("eager", "inductor", "inductor_standalone", "auto")

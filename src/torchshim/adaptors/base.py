@@ -11,18 +11,19 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from torchshim._patching import patch_environ
-from torchshim.cache import CacheStore
+from torchshim.cache import CacheStore, default_cache_dir
 from torchshim.errors import (
     AdaptorConfigError,
     ArtifactMissingError,
     ArtifactUnreadableError,
+    CacheDirError,
     ForeignHandleError,
     HandleFormatError,
     TorchShimError,
@@ -239,6 +240,53 @@ def _warn_float_symbols(adaptor: str, symbols: tuple[str, ...]) -> None:
     )
 
 
+_machine_store_lock = threading.Lock()
+_machine_stores: dict[Path, CacheStore | None] = {}
+
+
+def _machine_store() -> CacheStore | None:
+    """The user's own torchshim cache directory, where machine facts (probe answers) are shared
+    by every cache directory on the machine; ``None`` where it cannot be used."""
+    root = default_cache_dir().expanduser().absolute()
+    with _machine_store_lock:
+        if root not in _machine_stores:
+            try:
+                _machine_stores[root] = CacheStore(root)
+            except (CacheDirError, OSError) as exc:
+                log.debug("no machine-wide probe record in %s: %s", root, exc)
+                _machine_stores[root] = None
+        return _machine_stores[root]
+
+
+@contextlib.contextmanager
+def machine_probes(store: CacheStore | None = None) -> Iterator[None]:
+    """Answer Inductor's one-time machine probes in the block (the CPU vector-ISA check, which
+    builds and loads test programs: 5-30 s in a fresh process) from where torchshim recorded
+    them, ``store`` and the user's torchshim cache directory, and record the answers it had to
+    find there. Keyed by torch build, C++ compiler and CPU."""
+    stores = [s for s in (store, _machine_store()) if s is not None and s.enabled]
+    if not stores:
+        yield
+        return
+    shim = active().module
+    fingerprint = shim.cpu_probe_fingerprint()
+    known: dict[str, bool] = {}
+    for each in reversed(stores):  # the given store's record wins
+        known.update(each.read_probes(fingerprint))
+    with shim.cpu_probe_results(known) as found:
+        yield
+    for each in stores:
+        if found or not each.read_probes(fingerprint):
+            each.write_probes(fingerprint, {**known, **found})
+
+
+def warm_up(store: CacheStore | None = None) -> None:
+    """Pay Inductor's one-time start-up in this process now (the CPU vector-ISA probe), answered
+    from torchshim's probe record where it has one; see :func:`machine_probes`."""
+    with machine_probes(store):
+        active().module.warm_up_cpu()
+
+
 class _CacheEnvironment:
     """Points Inductor's and Triton's caches inside one base directory, process-wide, for as long
     as an adaptor holds it. Reference-counted; restored when the last holder closes."""
@@ -338,6 +386,19 @@ class CompilerInterface(abc.ABC):
             _CacheEnvironment.acquire(base, kernels)
             self._holds_env = True
         self._hash = None
+
+    def machine_probes(self) -> contextlib.AbstractContextManager[None]:
+        """:func:`machine_probes` with this adaptor's cache store (nothing for eager)."""
+        if self.name == "eager":
+            return contextlib.nullcontext()
+        return machine_probes(self.store)
+
+    def warm_up(self) -> None:
+        """Pay Inductor's one-time start-up now rather than in the first compile or load (the
+        CPU vector-ISA probe), answered from the cache where it was recorded."""
+        self._require_cache()
+        if self.name != "eager":
+            warm_up(self.store)
 
     def _scratch_root(self) -> Path:
         if self._scratch is None:
@@ -672,7 +733,10 @@ class StoredCompiler(CompilerInterface):
         config = self._compile_config(compiler_config, runtime_shape)
         store = self.store
         if not self.persists or store is None:
-            with tempfile.TemporaryDirectory(prefix="torchshim-compile-") as workdir:
+            with (
+                tempfile.TemporaryDirectory(prefix="torchshim-compile-") as workdir,
+                self.machine_probes(),
+            ):
                 fn, _fields = self._compile(
                     graph, example_inputs, config, runtime_shape, Path(workdir)
                 )
@@ -680,7 +744,10 @@ class StoredCompiler(CompilerInterface):
         text_key = key or graph_digest(graph, example_inputs)
         entry = self.entry_id(text_key, runtime_shape)
         with store.writer(entry, text_key) as writer:
-            fn, fields = self._compile(graph, example_inputs, config, runtime_shape, writer.path)
+            with self.machine_probes():
+                fn, fields = self._compile(
+                    graph, example_inputs, config, runtime_shape, writer.path
+                )
             if fn is None or fields is None:
                 return fn, None
             factory: Any = self.handle_type
@@ -713,4 +780,5 @@ class StoredCompiler(CompilerInterface):
             return result
         workdir = self._checkout(checked, graph_index)
         self._replay_guards(checked, graph, example_inputs, graph_index)
-        return self._load(checked, workdir, graph, example_inputs, graph_index)
+        with self.machine_probes():
+            return self._load(checked, workdir, graph, example_inputs, graph_index)

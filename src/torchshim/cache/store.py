@@ -9,6 +9,8 @@ Layout under the store's root::
     tmp/                        staging directories and verified private copies (checkouts)
     locks/                      per-entry lock files (flock: released when a process dies)
     stats.jsonl                 hit/miss/corrupt counters, one JSON line per event
+    probes/                     machine facts Inductor probes for at start-up (CPU vector ISA),
+                                keyed by everything they depend on
 
 An entry is written into ``tmp/`` and becomes visible by one ``rename``, after its files and its
 manifest (SHA-256 and size of every file) are on disk: a reader sees a whole entry or none, also
@@ -325,6 +327,55 @@ class CacheStore:
         self.count("put", writer.entry_id)
         self._index_update(writer.entry_id, manifest if not writer.kept_existing else None)
         return final
+
+    # -- machine facts ------------------------------------------------------------------------
+    def _probe_path(self, fingerprint: str) -> Path:
+        import hashlib
+
+        return (
+            self.root / "probes" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()[:32]}.json"
+        )
+
+    def read_probes(self, fingerprint: str) -> dict[str, bool]:
+        """The probe answers recorded for ``fingerprint`` (empty when none, or when the record is
+        unreadable, for another fingerprint, or unsigned while ``TORCHSHIM_CACHE_KEY`` is set)."""
+        if not self.enabled:
+            return {}
+        try:
+            record = json.loads(self._probe_path(fingerprint).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+            return {}
+        results = record.get("results")
+        if not isinstance(results, dict):
+            return {}
+        if self.key is not None:
+            import hmac
+
+            if not hmac.compare_digest(
+                str(record.get("signature", "")), sign(self.key, self._manifest_bytes(record))
+            ):
+                log.warning(
+                    "ignoring probe record %s: its signature does not verify",
+                    self._probe_path(fingerprint),
+                )
+                return {}
+        return {str(k): bool(v) for k, v in results.items() if isinstance(v, bool)}
+
+    def write_probes(self, fingerprint: str, results: Mapping[str, bool]) -> None:
+        """Record probe answers for ``fingerprint`` (atomically; nothing where read-only)."""
+        if not (self.enabled and self.writable) or not results:
+            return
+        record: dict[str, Any] = {"fingerprint": fingerprint, "results": dict(results)}
+        if self.key is not None:
+            record["signature"] = sign(self.key, self._manifest_bytes(record))
+        path = self._probe_path(fingerprint)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            atomic_write(path, json.dumps(record, sort_keys=True).encode())
+        except OSError as exc:
+            log.debug("could not record probe answers in %s: %s", path, exc)
 
     # -- reading ------------------------------------------------------------------------------
     def _read_manifest(

@@ -208,6 +208,18 @@ class ShimModule(Protocol):
         """Torch's own compile counters, flattened to ``"group.name" -> count``."""
         ...
 
+    def cpu_probe_fingerprint(self) -> str:
+        """Everything the answer of Inductor's CPU vector-ISA probe depends on (torch build,
+        C++ compiler, CPU), as a stable string."""
+        ...
+
+    def cpu_probe_results(
+        self, known: Mapping[str, bool]
+    ) -> AbstractContextManager[dict[str, bool]]:
+        """Answer Inductor's CPU vector-ISA probes from ``known`` in the block; probes it has to
+        run are recorded in the yielded dict, for the caller to keep."""
+        ...
+
     def warm_up_cpu(self) -> None:
         """Pay Inductor's one-time CPU initialisation (vector ISA probing) now."""
         ...

@@ -7,8 +7,9 @@ Torch's private modules are imported inside the functions, so this module import
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torchshim._patching import patch_attr, patch_environ
@@ -35,6 +36,8 @@ __all__ = [
     "compile_counters",
     "compile_fx",
     "compiled_fx_graph_hash_hook",
+    "cpu_probe_fingerprint",
+    "cpu_probe_results",
     "describe_graph_inputs",
     "dynamo_control_flow",
     "force_autograd_cacheable",
@@ -70,6 +73,7 @@ PATCH_TARGETS: tuple[str, ...] = (
     "torch._inductor.codecache.compiled_fx_graph_hash",
     "torch._inductor.codecache.FxGraphCache._get_shape_env",
     "torch._inductor.codecache.FxGraphCache._check_can_cache",
+    "torch._inductor.cpu_vec_isa.VecISA.check_build",
 )
 
 
@@ -363,6 +367,65 @@ def compile_counters() -> dict[str, int]:
         for name, count in counter.items():
             flat[f"{group}.{name}"] = int(count)
     return flat
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_probe_fingerprint() -> str:
+    # What Inductor's CPU vector-ISA probe (VecISA.check_build: build a test program with the
+    # ISA's flags, load it in a child Python) depends on: the torch build and its headers, the
+    # C++ compiler, the CPU. Torch 2.5 - 2.15 keys its own probe binaries on compiler + torch.
+    import platform
+    import sys
+
+    import torch
+    from torch._inductor.cpp_builder import get_compiler_version_info, get_cpp_compiler
+
+    from torchshim._version import installed_torch_version
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            cpu = sorted(
+                {
+                    line.split(":", 1)[1].strip()
+                    for line in info
+                    if line.startswith(("flags", "model name"))
+                }
+            )
+    except OSError:
+        cpu = [platform.processor()]
+    compiler = get_cpp_compiler()
+    return stable_json(
+        {
+            "torch": installed_torch_version(),
+            "git": getattr(torch.version, "git_version", ""),
+            "python": sys.version,
+            "platform": [sys.platform, platform.machine()],
+            "cpu": stable_digest(cpu),
+            "compiler": [compiler, get_compiler_version_info(compiler)],
+            "cxx_env": {k: os.environ.get(k, "") for k in ("CXX", "CC", "CFLAGS", "CXXFLAGS")},
+        }
+    )
+
+
+@contextlib.contextmanager
+def cpu_probe_results(known: Mapping[str, bool]) -> Iterator[dict[str, bool]]:
+    # VecISA.check_build(self, code) -> bool on 2.5 - 2.15; callers cache its answer per ISA
+    # (lru_cache on __bool__, valid_vec_isa_list), so answers given here last for the process.
+    from torch._inductor.cpu_vec_isa import VecISA
+
+    original = VecISA.check_build
+    found: dict[str, bool] = {}
+
+    def check_build(isa: Any, code: str) -> bool:
+        token = f"{isa}|{stable_digest(code)}"
+        if token in known:
+            return bool(known[token])
+        answer = bool(original(isa, code))
+        found[token] = answer
+        return answer
+
+    with patch_attr(VecISA, "check_build", check_build):
+        yield found
 
 
 def warm_up_cpu() -> None:

@@ -269,7 +269,12 @@ def machine_probes(store: CacheStore | None = None) -> Iterator[None]:
         yield
         return
     shim = active().module
-    fingerprint = shim.cpu_probe_fingerprint()
+    try:
+        fingerprint = shim.cpu_probe_fingerprint()
+    except Exception as exc:  # no C++ compiler, an unreadable /proc: Inductor probes as it would
+        log.debug("CPU probe answers not recorded: %s: %s", type(exc).__name__, exc)
+        yield
+        return
     known: dict[str, bool] = {}
     for each in reversed(stores):  # the given store's record wins
         known.update(each.read_probes(fingerprint))

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 
 from tests.conftest import diff_state, state_snapshot
 from tests.integration import roundtrip
+from tests.integration.child import run_child
 from torchshim import torch_series
 
 pytestmark = pytest.mark.compile
@@ -25,29 +24,8 @@ TOLERANCE = 1e-4
 
 
 def _run_loader(base: Path, manifest: Path, out: Path, device: str = "cpu") -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    # compile (if anything compiles) in this process, where the compiler-process counter sees it
-    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "roundtrip.py"),
-            "load",
-            str(base),
-            str(manifest),
-            str(out),
-            device,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"loader process failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(out.read_text())
+    args = ["load", str(base), str(manifest), str(out), device]
+    result: dict[str, Any] = run_child("roundtrip.py", args, out, "loader process")
     return result
 
 

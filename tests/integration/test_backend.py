@@ -4,11 +4,7 @@ re-tracing; graph breaks; ranks; ``backend="torchshim"`` by name; a third-party 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,7 @@ import torch
 import torchshim
 from tests.conftest import diff_state, state_snapshot
 from tests.integration import backend_run
+from tests.integration.child import run_child
 from torchshim.compile_backend import make_dispatcher
 
 pytestmark = pytest.mark.compile
@@ -33,24 +30,12 @@ def starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     before = state_snapshot()
     cold = backend_run.run(base)
     leaks = diff_state(before, state_snapshot())
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     out = base.parent / "warm.json"
     moved = base.parent / "moved" / "cache"  # the warm start also proves the cache relocates
     moved.parent.mkdir()
     base.rename(moved)
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "backend_run.py"), str(moved), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"warm process failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return {"cold": cold, "warm": json.loads(out.read_text()), "leaks": leaks, "base": moved}
+    warm = run_child("backend_run.py", [str(moved), str(out)], out, "warm process")
+    return {"cold": cold, "warm": warm, "leaks": leaks, "base": moved}
 
 
 def _check_run(record: dict[str, Any]) -> None:

@@ -7,9 +7,6 @@ engine.CAPTURE): either way both processes must end with the same graph."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import pytest
 
 from tests.conftest import diff_state, state_snapshot
 from tests.integration import engine
+from tests.integration.child import run_child
 
 pytestmark = pytest.mark.compile
 pytest.importorskip("transformers")
@@ -39,23 +37,11 @@ def models_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     leaks = diff_state(before, state_snapshot())
     index_path = work / "index.json"
     index_path.write_text(json.dumps(index))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), env.get("PYTHONPATH", "")])
-    env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # any compile would run where it is counted
     out = work / "loaded.json"
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "engine.py"), "load", str(base), str(index_path), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"process B failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    args = ["load", str(base), str(index_path), str(out)]
     return {
         "compiled": compiled,
-        "loaded": json.loads(out.read_text()),
+        "loaded": run_child("engine.py", args, out, "process B"),
         "index": index,
         "leaks": leaks,
     }

@@ -265,6 +265,8 @@ def machine_probes(store: CacheStore | None = None) -> Iterator[None]:
     them, ``store`` and the user's torchshim cache directory, and record the answers it had to
     find there. Keyed by torch build, C++ compiler and CPU."""
     stores = [s for s in (store, _machine_store()) if s is not None and s.enabled]
+    if len(stores) == 2 and stores[0].root == stores[1].root:
+        del stores[1]
     if not stores:
         yield
         return

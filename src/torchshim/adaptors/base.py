@@ -242,6 +242,8 @@ def _warn_float_symbols(adaptor: str, symbols: tuple[str, ...]) -> None:
 
 _machine_store_lock = threading.Lock()
 _machine_stores: dict[Path, CacheStore | None] = {}
+#: probe answers known in this process, per (fingerprint, store roots)
+_probe_memo: dict[tuple[str, tuple[Path, ...]], dict[str, bool]] = {}
 
 
 def _machine_store() -> CacheStore | None:
@@ -277,14 +279,23 @@ def machine_probes(store: CacheStore | None = None) -> Iterator[None]:
         log.debug("CPU probe answers not recorded: %s: %s", type(exc).__name__, exc)
         yield
         return
-    known: dict[str, bool] = {}
-    for each in reversed(stores):  # the given store's record wins
-        known.update(each.read_probes(fingerprint))
+    memo_key = (fingerprint, tuple(each.root for each in stores))
+    known = _probe_memo.get(memo_key)
+    if known is None:  # once per process and set of stores: compiles and loads are many
+        records = [each.read_probes(fingerprint) for each in stores]
+        known = {}
+        for record in reversed(records):  # the given store's record wins
+            known.update(record)
+        for each, record in zip(stores, records, strict=True):
+            if known and record != known:  # share what one store knows with the other
+                each.write_probes(fingerprint, known)
+        _probe_memo[memo_key] = known
     with shim.cpu_probe_results(known) as found:
         yield
-    for each in stores:
-        if found or not each.read_probes(fingerprint):
-            each.write_probes(fingerprint, {**known, **found})
+    if found:
+        known = _probe_memo[memo_key] = {**known, **found}
+        for each in stores:
+            each.write_probes(fingerprint, known)
 
 
 def warm_up(store: CacheStore | None = None) -> None:

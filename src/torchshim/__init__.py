@@ -135,6 +135,8 @@ def warm_up(cache_dir: str | os.PathLike[str] | None = None) -> None:
     process). torchshim records the answer, keyed by torch build, C++ compiler and CPU, in
     ``cache_dir`` (when given) and in the user's torchshim cache directory, so that only the
     first process on a machine pays it. Compiles and loads through torchshim use the record too.
+    It always runs the probe (unless recorded): a process that compiles or loads CUDA graphs
+    only may never need it, so call it where CPU graphs are compiled or loaded.
     """
     from torchshim.adaptors import warm_up as _warm_up
     from torchshim.cache import CacheStore

@@ -51,6 +51,7 @@ from torchshim.cache.trust import (
     STRICT_ENV,
     env_flag,
     sign,
+    signature_verifies,
     signing_key,
     untrusted_reason,
 )
@@ -350,17 +351,14 @@ class CacheStore:
         results = record.get("results")
         if not isinstance(results, dict):
             return {}
-        if self.key is not None:
-            import hmac
-
-            if not hmac.compare_digest(
-                str(record.get("signature", "")), sign(self.key, self._manifest_bytes(record))
-            ):
-                log.warning(
-                    "ignoring probe record %s: its signature does not verify",
-                    self._probe_path(fingerprint),
-                )
-                return {}
+        if self.key is not None and not signature_verifies(
+            self.key, self._manifest_bytes(record), record.get("signature")
+        ):
+            log.warning(
+                "ignoring probe record %s: its signature does not verify",
+                self._probe_path(fingerprint),
+            )
+            return {}
         return {str(k): bool(v) for k, v in results.items() if isinstance(v, bool)}
 
     def write_probes(self, fingerprint: str, results: Mapping[str, bool]) -> None:
@@ -405,12 +403,10 @@ class CacheStore:
                     f"it was written for {name} {meta.get(name)!r}, this process has {wanted!r} "
                     "(another torch build or configuration)"
                 )
-        if self.key is not None:
-            import hmac
-
-            expected = sign(self.key, self._manifest_bytes(manifest))
-            if not hmac.compare_digest(str(manifest.get("signature", "")), expected):
-                return None, "its signature does not verify with TORCHSHIM_CACHE_KEY"
+        if self.key is not None and not signature_verifies(
+            self.key, self._manifest_bytes(manifest), manifest.get("signature")
+        ):
+            return None, "its signature does not verify with TORCHSHIM_CACHE_KEY"
         for rel in manifest["files"]:
             parts = Path(rel).parts
             if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in parts:

@@ -72,3 +72,8 @@ def signing_key() -> bytes | None:
 
 def sign(key: bytes, payload: bytes) -> str:
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def signature_verifies(key: bytes, payload: bytes, signature: object) -> bool:
+    """Whether ``signature`` is ``payload``'s signature with ``key`` (constant-time)."""
+    return hmac.compare_digest(str(signature or ""), sign(key, payload))

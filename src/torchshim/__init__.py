@@ -6,7 +6,7 @@ The public names are re-exported here; see the README for the CLI.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from torchshim.errors import (
     CacheDirError,
     CacheLockTimeout,
     CapabilityUnavailable,
+    ConfigError,
     ForeignHandleError,
     HandleFormatError,
     LoadError,
@@ -29,6 +30,7 @@ from torchshim.errors import (
     UnsupportedGraphError,
     UnsupportedTorchVersion,
 )
+from torchshim.options import BackendOptions
 from torchshim.shims import SUPPORTED_SERIES, UntestedTorchWarning, capabilities
 
 if TYPE_CHECKING:
@@ -43,10 +45,12 @@ __all__ = [
     "AdaptorConfigError",
     "ArtifactMissingError",
     "ArtifactUnreadableError",
+    "BackendOptions",
     "CacheCorruptionError",
     "CacheDirError",
     "CacheLockTimeout",
     "CapabilityUnavailable",
+    "ConfigError",
     "ForeignHandleError",
     "HandleFormatError",
     "LoadError",
@@ -85,34 +89,27 @@ def capture_config() -> AbstractContextManager[None]:
 
 
 def backend(
-    cache_dir: str | os.PathLike[str] | None = None,
-    compile_sizes: Iterable[int] = (),
-    adaptor: str = "auto",
-    compiler_config: dict[str, Any] | None = None,
-    rank: int | None = None,
+    options: str | os.PathLike[str] | BackendOptions | None = None, /, **settings: Any
 ) -> Backend:
     """A ``torch.compile`` backend: a general graph plus one per size in ``compile_sizes``,
-    compiled up front and stored in ``cache_dir``, loaded on later starts (see
-    :mod:`torchshim.compile_backend`)."""
-    from torchshim.compile_backend import Backend as _Backend
+    compiled up front and stored in ``cache_dir``, loaded on later starts. Settings:
+    :class:`BackendOptions` (see :mod:`torchshim.compile_backend`)."""
+    from torchshim.compile_backend import backend as _backend
 
-    return _Backend(cache_dir, compile_sizes, adaptor, compiler_config, rank)
+    return _backend(options, **settings)
 
 
 def compile(
     model: Callable[..., Any],
-    cache_dir: str | os.PathLike[str] | None = None,
-    compile_sizes: Iterable[int] = (),
-    adaptor: str = "auto",
-    compiler_config: dict[str, Any] | None = None,
-    rank: int | None = None,
-    batch_dim: int | None = 0,
+    options: str | os.PathLike[str] | BackendOptions | None = None,
+    /,
+    **settings: Any,
 ) -> Callable[..., Any]:
     """``torch.compile(model, backend=torchshim.backend(...))``, traced once with dimension
     ``batch_dim`` of every tensor argument symbolic, under :func:`capture_config`."""
     from torchshim.compile_backend import compile as _compile
 
-    return _compile(model, cache_dir, compile_sizes, adaptor, compiler_config, rank, batch_dim)
+    return _compile(model, options, **settings)
 
 
 def hook_report() -> HookReport:

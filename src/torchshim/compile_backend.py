@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from torchshim import config
+from torchshim._stable import stable_json
 from torchshim.adaptors import (
     CACHE_FORMAT_VERSION,
     CompilerInterface,
@@ -34,9 +34,9 @@ from torchshim.adaptors import (
     make_adaptor,
 )
 from torchshim.cache import CacheStore, default_cache_dir
-from torchshim.errors import AdaptorConfigError, LoadError
+from torchshim.errors import CacheLockTimeout, ConfigError, LoadError, TorchShimError
+from torchshim.options import BackendOptions, options_from
 from torchshim.shims import active
-from torchshim.shims._common import stable_json
 
 __all__ = [
     "BACKEND_FORMAT",
@@ -62,8 +62,13 @@ class BackendStats:
     """What one backend did in this process."""
 
     graphs: int = 0
+    #: graphs compiled by a compiler that stores artifacts (a warm start has none)
     compiled: int = 0
     loaded: int = 0
+    #: graphs an adaptor that compiles nothing (eager) runs as traced
+    eager: int = 0
+    #: compiles that could not use the cache (another process held the lock too long)
+    uncached: int = 0
     general_fallbacks: int = 0
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
@@ -73,6 +78,8 @@ class BackendStats:
             "graphs": self.graphs,
             "compiled": self.compiled,
             "loaded": self.loaded,
+            "eager": self.eager,
+            "uncached": self.uncached,
             "general_fallbacks": self.general_fallbacks,
             "seconds": round(self.seconds, 3),
         }
@@ -110,36 +117,30 @@ class Backend:
     size in ``compile_sizes`` up front, stores everything, and loads it on later starts."""
 
     def __init__(
-        self,
-        cache_dir: str | os.PathLike[str] | None = None,
-        compile_sizes: Iterable[int] = (),
-        adaptor: str = "auto",
-        compiler_config: dict[str, Any] | None = None,
-        rank: int | None = None,
-        lock_timeout: float | None = None,
+        self, options: str | os.PathLike[str] | BackendOptions | None = None, /, **settings: Any
     ) -> None:
-        sizes = list(compile_sizes)
-        for size in sizes:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise AdaptorConfigError(
-                    f"compile_sizes must be batch sizes >= 1, got {size!r} in {sizes!r}"
-                )
-        if rank is not None and (not isinstance(rank, int) or rank < 0):
-            raise AdaptorConfigError(f"rank must be None or an int >= 0, got {rank!r}")
-        self.compile_sizes: tuple[int, ...] = tuple(sorted(set(sizes)))
-        self.adaptor_name = adaptor
-        self.compiler_config = dict(compiler_config or {})
-        self.rank = rank
-        base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        self.root = base.absolute() / f"rank_{rank if rank is not None else 0}"
-        timeout = lock_timeout
-        if timeout is None:
-            timeout = float(os.environ.get("TORCHSHIM_LOCK_TIMEOUT", "600"))
-        self.lock_timeout = timeout
+        """``Backend(BackendOptions(...))``, or ``Backend(cache_dir, compile_sizes=[...], ...)``
+        with the settings of :class:`~torchshim.options.BackendOptions` as keywords."""
+        config.check_environment()
+        self.options = options_from(options, settings)
+        self.compile_sizes: tuple[int, ...] = self.options.compile_sizes
+        self.adaptor_name = self.options.adaptor
+        self.compiler_config = dict(self.options.compiler_config)
+        self.rank = self.options.rank
+        base = self.options.cache_dir or default_cache_dir()
+        self.root = base.absolute() / f"rank_{self.rank if self.rank is not None else 0}"
+        self.lock_timeout = self.options.effective_lock_timeout()
         self.stats = BackendStats()
         self._lock = threading.Lock()
-        # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch
-        make_adaptor(adaptor)
+        # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch, a
+        # compiler config Inductor would reject
+        adaptor = make_adaptor(self.adaptor_name)
+        if adaptor.uses_inductor and self.compiler_config:
+            problems = active().module.check_compiler_config(self.compiler_config)
+            if problems:
+                raise ConfigError(
+                    "compiler_config is not valid Inductor config: " + "; ".join(problems)
+                )
 
     # -- the key --------------------------------------------------------------------------------
     def key_factors(
@@ -211,44 +212,86 @@ class Backend:
             if store is not None and store.writable
             else contextlib.nullcontext()
         )
-        with lock:
-            if shape is not None and self._marked_general(store, key, shape):
-                self.stats.general_fallbacks += 1
-                return None
-            handle = adaptor.cached_handle(key, shape)
-            fn: Callable[..., Any] | None
-            if handle is not None:
-                try:
-                    fn = adaptor.load(handle, gm, example_inputs, index, shape)
-                except LoadError as exc:
-                    log.warning(
-                        "graph %d (%s): cached entry not used (%s); compiling", index, label, exc
-                    )
-                else:
-                    self.stats.loaded += 1
-                    self._event(f"graph {index} ({label}): loaded")
-                    return fn
-            else:
-                self._explain_miss(store, factors, shape, index, label)
-            t0 = time.perf_counter()
-            self._event(f"graph {index} ({label}): compiling")
-            fn, stored = adaptor.compile(gm, example_inputs, self.compiler_config, shape, key=key)
-            if fn is None:
-                if shape is None:
-                    raise RuntimeError(
-                        f"torchshim: graph {index} could not be compiled by {adaptor.name} (see "
-                        "the warning above); use adaptor='eager' to run it uncompiled"
-                    )
-                self._mark_general(store, key, shape)
-                self.stats.general_fallbacks += 1
-                self._event(f"graph {index} ({label}): the general graph serves it")
-                return None
-            self.stats.compiled += 1
-            self._event(
-                f"graph {index} ({label}): compiled in {time.perf_counter() - t0:.1f} s"
-                + ("" if stored is not None else " (not stored)")
+        try:
+            with lock:
+                return self._load_or_compile(
+                    adaptor, gm, example_inputs, index, key, shape, factors
+                )
+        except CacheLockTimeout as exc:
+            # availability first: compile here, without the cache, rather than fail
+            log.warning(
+                "torchshim: graph %d (%s): %s; compiling it without the cache", index, label, exc
             )
+            with _uncached(adaptor):
+                fn = self._compile_one(adaptor, gm, example_inputs, index, key, shape)
+            self.stats.uncached += 1
             return fn
+
+    def _load_or_compile(
+        self,
+        adaptor: CompilerInterface,
+        gm: Any,
+        example_inputs: Sequence[Any],
+        index: int,
+        key: str,
+        shape: int | None,
+        factors: dict[str, str],
+    ) -> Callable[..., Any] | None:
+        label = "general" if shape is None else f"size {shape}"
+        store = adaptor.store
+        if shape is not None and self._marked_general(store, key, shape):
+            self.stats.general_fallbacks += 1
+            return None
+        handle = adaptor.cached_handle(key, shape) if adaptor.stores_artifacts else None
+        if handle is not None:
+            try:
+                fn = adaptor.load(handle, gm, example_inputs, index, shape)
+            except LoadError as exc:
+                log.warning(
+                    "graph %d (%s): cached entry not used (%s); compiling", index, label, exc
+                )
+            else:
+                self.stats.loaded += 1
+                self._event(f"graph {index} ({label}): loaded")
+                return fn
+        elif adaptor.stores_artifacts:
+            self._explain_miss(store, factors, shape, index, label)
+        return self._compile_one(adaptor, gm, example_inputs, index, key, shape)
+
+    def _compile_one(
+        self,
+        adaptor: CompilerInterface,
+        gm: Any,
+        example_inputs: Sequence[Any],
+        index: int,
+        key: str,
+        shape: int | None,
+    ) -> Callable[..., Any] | None:
+        label = "general" if shape is None else f"size {shape}"
+        t0 = time.perf_counter()
+        if not adaptor.stores_artifacts:
+            fn, _ = adaptor.compile(gm, example_inputs, self.compiler_config, shape, key=key)
+            self.stats.eager += 1
+            self._event(f"graph {index} ({label}): runs as traced ({adaptor.name})")
+            return fn
+        self._event(f"graph {index} ({label}): compiling")
+        fn, stored = adaptor.compile(gm, example_inputs, self.compiler_config, shape, key=key)
+        if fn is None:
+            if shape is None:
+                raise RuntimeError(
+                    f"torchshim: graph {index} could not be compiled by {adaptor.name} (see "
+                    "the warning above); use adaptor='eager' to run it uncompiled"
+                )
+            self._mark_general(adaptor.store, key, shape)
+            self.stats.general_fallbacks += 1
+            self._event(f"graph {index} ({label}): the general graph serves it")
+            return None
+        self.stats.compiled += 1
+        self._event(
+            f"graph {index} ({label}): compiled in {time.perf_counter() - t0:.1f} s"
+            + ("" if stored is not None else " (not stored)")
+        )
+        return fn
 
     def _event(self, text: str) -> None:
         self.stats.events.append(text)
@@ -259,9 +302,16 @@ class Backend:
         return hashlib.sha256(f"general-for|{key}|{shape}".encode()).hexdigest()[:32]
 
     def _marked_general(self, store: CacheStore | None, key: str, shape: int) -> bool:
+        """Whether a verified (and, with a key, signed) marker says the general graph serves
+        ``shape``; a marker that does not verify is a miss like any entry."""
         if store is None or not store.enabled:
             return False
-        return store.exists(self._marker(key, shape))
+        marker = self._marker(key, shape)
+        if not store.exists(marker):
+            return False
+        manifest = store.read_manifest(marker, {}, f"{key}|{shape}|general")
+        meta = (manifest or {}).get("meta", {})
+        return isinstance(meta, dict) and meta.get("fallback") == _GENERAL
 
     def _mark_general(self, store: CacheStore | None, key: str, shape: int) -> None:
         if store is None or not store.enabled or not store.writable:
@@ -305,69 +355,51 @@ class Backend:
 
 
 def backend(
-    cache_dir: str | os.PathLike[str] | None = None,
-    compile_sizes: Iterable[int] = (),
-    adaptor: str = "auto",
-    compiler_config: dict[str, Any] | None = None,
-    rank: int | None = None,
+    options: str | os.PathLike[str] | BackendOptions | None = None, /, **settings: Any
 ) -> Backend:
-    """A backend for ``torch.compile(model, backend=...)``.
+    """A backend for ``torch.compile(model, backend=...)``: ``backend(cache_dir, **settings)`` or
+    ``backend(BackendOptions(...))``; the settings are those of
+    :class:`~torchshim.options.BackendOptions`."""
+    return Backend(options, **settings)
 
-    ``cache_dir``: the cache store (default: the user's cache directory, ``TORCHSHIM_CACHE_DIR``);
-    one sub-directory per ``rank``. ``compile_sizes``: batch sizes that get a graph of their own,
-    compiled (or loaded) up front; any other size runs the general graph. ``adaptor``: ``"auto"``,
-    ``"inductor"``, ``"inductor_standalone"`` or ``"eager"``. ``compiler_config``: Inductor config
-    patches (part of the key).
-    """
-    return Backend(cache_dir, compile_sizes, adaptor, compiler_config, rank)
+
+@contextlib.contextmanager
+def _uncached(adaptor: CompilerInterface) -> Iterator[None]:
+    """Compile without storing (the entry's lock could not be had)."""
+    saved = adaptor.disable_cache
+    adaptor.disable_cache = True
+    try:
+        yield
+    finally:
+        adaptor.disable_cache = saved
 
 
 _registered: Backend | None = None
 _registered_lock = threading.Lock()
 
 
-def _sizes_from_env(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as exc:
-        raise AdaptorConfigError(
-            f"TORCHSHIM_COMPILE_SIZES must be comma-separated batch sizes such as '1,2,4,8', "
-            f"got {text!r}"
-        ) from exc
-
-
-def _config_from_env(text: str) -> dict[str, Any] | None:
-    if not text.strip():
-        return None
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise AdaptorConfigError(
-            f"TORCHSHIM_COMPILER_CONFIG must be a JSON object of Inductor config, such as "
-            f'{{"max_autotune": false}}, got {text!r}'
-        ) from exc
-    if not isinstance(config, dict):
-        raise AdaptorConfigError(f"TORCHSHIM_COMPILER_CONFIG must be a JSON object, got {text!r}")
-    return config
-
-
 def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-    """``torch.compile(model, backend="torchshim")``: configured by ``TORCHSHIM_CACHE_DIR``,
-    ``TORCHSHIM_COMPILE_SIZES`` (e.g. ``1,2,4,8``), ``TORCHSHIM_ADAPTOR``,
-    ``TORCHSHIM_COMPILER_CONFIG`` (JSON) and ``TORCHSHIM_RANK``; one backend per process."""
+    """``torch.compile(model, backend="torchshim")``: configured by the ``TORCHSHIM_*``
+    variables (:meth:`BackendOptions.from_environment`); one backend per process."""
     global _registered
     with _registered_lock:
         if _registered is None:
-            rank = os.environ.get("TORCHSHIM_RANK")
-            _registered = Backend(
-                cache_dir=os.environ.get("TORCHSHIM_CACHE_DIR") or None,
-                compile_sizes=_sizes_from_env(os.environ.get("TORCHSHIM_COMPILE_SIZES", "")),
-                adaptor=os.environ.get("TORCHSHIM_ADAPTOR", "auto"),
-                compiler_config=_config_from_env(os.environ.get("TORCHSHIM_COMPILER_CONFIG", "")),
-                rank=int(rank) if rank else None,
-            )
+            _registered = Backend(BackendOptions.from_environment())
         chosen = _registered
     return chosen(gm, example_inputs)
+
+
+def _own_error(exc: BaseException) -> TorchShimError | None:
+    """torchshim's own error inside the wrapper Dynamo puts around a backend's exception."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TorchShimError):
+            return current
+        seen.add(id(current))
+        inner = getattr(current, "inner_exception", None)
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return None
 
 
 def _cut(values: Any, dim: int, size: int) -> Any:
@@ -386,28 +418,35 @@ def _cut(values: Any, dim: int, size: int) -> Any:
 
 def compile(
     model: Callable[..., Any],
-    cache_dir: str | os.PathLike[str] | None = None,
-    compile_sizes: Iterable[int] = (),
-    adaptor: str = "auto",
-    compiler_config: dict[str, Any] | None = None,
-    rank: int | None = None,
-    batch_dim: int | None = 0,
+    options: str | os.PathLike[str] | BackendOptions | None = None,
+    /,
+    **settings: Any,
 ) -> Callable[..., Any]:
     """``torch.compile`` with torchshim's backend, traced once with a symbolic batch dimension
-    under :func:`torchshim.capture_config` (so compiling and loading processes get one graph).
+    under the shim's capture configuration (so compiling and loading processes get one graph).
+    ``compile(model, cache_dir, **settings)`` or ``compile(model, BackendOptions(...))``.
 
     ``batch_dim``: the dimension of every tensor argument that is the batch (marked dynamic on the
-    first call); ``None`` leaves dynamism to Dynamo.
+    first call); ``None`` leaves dynamism to Dynamo. An error of torchshim's own (a bad setting,
+    an unusable cache) is raised as itself, not inside Dynamo's ``BackendCompilerFailed``.
     """
     import torch
 
-    from torchshim import capture_config
-
-    chosen = Backend(cache_dir, compile_sizes, adaptor, compiler_config, rank)
+    chosen = Backend(options, **settings)
+    batch_dim = chosen.options.batch_dim
     compiled = torch.compile(model, backend=chosen)
     state = {"first": True}
 
     def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            own = _own_error(exc)
+            if own is None or own is exc:
+                raise
+            raise own from exc
+
+    def call(*args: Any, **kwargs: Any) -> Any:
         if not state["first"]:
             return compiled(*args, **kwargs)
         shim = active().module
@@ -419,7 +458,7 @@ def compile(
         ]
         for value in batched:
             shim.mark_dynamic(value, dim)
-        with capture_config():
+        with shim.capture_config():
             out = compiled(*args, **kwargs)
             if batched:
                 # Dynamo gives batch sizes 0 and 1 a graph of their own: trace (and compile or

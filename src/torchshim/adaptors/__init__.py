@@ -5,24 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchshim.adaptors.base import (
+from torchshim.adaptors.base import CompiledCallable, CompilerInterface, GraphInputs
+from torchshim.adaptors.eager import EagerAdaptor
+from torchshim.adaptors.graphs import graph_digest, graph_inputs, parameter_constants
+from torchshim.adaptors.handles import (
     CACHE_FORMAT_VERSION,
-    CompiledCallable,
-    CompilerInterface,
     EagerHandle,
-    GraphInputs,
     Handle,
     InductorHandle,
     StandaloneHandle,
-    graph_digest,
-    graph_inputs,
     handle_from_json,
-    machine_probes,
-    parameter_constants,
-    warm_up,
 )
-from torchshim.adaptors.eager import EagerAdaptor
 from torchshim.adaptors.inductor import InductorAdaptor
+from torchshim.adaptors.machine import machine_probes, warm_up
 from torchshim.adaptors.standalone import InductorStandaloneAdaptor
 from torchshim.errors import UnknownAdaptorError
 from torchshim.shims import capabilities

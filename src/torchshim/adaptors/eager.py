@@ -14,6 +14,8 @@ class EagerAdaptor(CompilerInterface):
     """Returns the FX graph itself and no handle (there is nothing to cache)."""
 
     name = "eager"
+    uses_inductor = False
+    stores_artifacts = False
 
     def compute_hash_factors(self) -> dict[str, str]:
         # Eager runs torch's own kernels: nothing compiler-specific to hash.

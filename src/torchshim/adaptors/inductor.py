@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from torchshim.adaptors.base import CompiledCallable, Handle, InductorHandle, StoredCompiler
+from torchshim.adaptors.base import CompiledCallable
+from torchshim.adaptors.handles import Handle, InductorHandle
+from torchshim.adaptors.stored import StoredCompiler
 from torchshim.errors import ArtifactMissingError, ArtifactUnreadableError, TorchShimError
 from torchshim.shims import active
 
@@ -68,11 +70,7 @@ class InductorAdaptor(StoredCompiler):
         import torch
 
         shim = active().module
-        if self.persists:
-            config["fx_graph_cache"] = True
-        else:
-            config["force_disable_caches"] = True
-        config["fx_graph_remote_cache"] = False
+        config.update(shim.fx_cache_config(self.persists))
         # Inductor mutates the graph it compiles; the caller's graph stays as it was.
         graph_copy = copy.deepcopy(graph)
         try:

@@ -10,12 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from torchshim.adaptors.base import (
-    CompiledCallable,
-    Handle,
-    StandaloneHandle,
-    StoredCompiler,
-)
+from torchshim.adaptors.base import CompiledCallable
+from torchshim.adaptors.handles import Handle, StandaloneHandle
+from torchshim.adaptors.stored import StoredCompiler
 from torchshim.errors import AdaptorConfigError, ArtifactUnreadableError
 from torchshim.shims import active, require_capability
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from torchshim.cache.store import MANIFEST, STORE_FORMAT, CacheStore, EntryInfo, EntryWriter
+from torchshim.cache.store import MANIFEST, STORE_FORMAT, TAG, CacheStore, EntryInfo, EntryWriter
 from torchshim.cache.trust import default_cache_dir
 
 __all__ = [
     "MANIFEST",
     "STORE_FORMAT",
+    "TAG",
     "CacheStore",
     "EntryInfo",
     "EntryWriter",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,11 +15,18 @@ from pathlib import Path
 
 __all__ = [
     "LockTimeout",
+    "UnsafePath",
     "atomic_write",
     "copy_hashed",
+    "copy_verified",
     "file_lock",
     "fsync_dir",
     "fsync_tree",
+    "open_dir",
+    "open_relative",
+    "read_file_at",
+    "read_limited",
+    "remove_tree_at",
     "sha256_file",
     "temp_name",
     "tree_files",
@@ -48,7 +57,8 @@ def atomic_write(final: Path, data: bytes) -> None:
     a temporary file in the same directory, fsync, ``os.replace``, fsync of the directory."""
     tmp = temp_name(final)
     try:
-        with open(tmp, "wb") as handle:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(tmp, flags, 0o600), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -111,20 +121,168 @@ class LockTimeout(TimeoutError):
     """:func:`file_lock` waited longer than its timeout."""
 
 
+class UnsafePath(OSError):
+    """A path inside the cache is not what the store wrote: a symbolic link, a device, a FIFO,
+    a directory where a file belongs, or larger than its manifest says."""
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_FILE_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)) | getattr(
+    os, "O_CLOEXEC", 0
+)
+
+
+def open_dir(name: str | os.PathLike[str], dir_fd: int | None = None) -> int:
+    """A descriptor of directory ``name`` (relative to ``dir_fd``), refusing a symbolic link."""
+    try:
+        return os.open(name, _DIR_FLAGS | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(exc.errno, f"{name} is not a directory (a link or a file)") from None
+        raise
+
+
+def open_relative(dir_fd: int, rel: str) -> int:
+    """A read descriptor of the regular file ``rel`` (``a/b/c``) under ``dir_fd``: no component
+    is followed through a link, and a device, FIFO or socket is refused before any read (opened
+    non-blocking, so a FIFO cannot stall the reader)."""
+    parts = [p for p in rel.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UnsafePath(errno.EINVAL, f"{rel!r} is not a path inside the entry")
+    current = dir_fd
+    opened: list[int] = []
+    try:
+        for part in parts[:-1]:
+            current = open_dir(part, dir_fd=current)
+            opened.append(current)
+        try:
+            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(exc.errno, f"{rel} is a symbolic link") from None
+            raise
+    finally:
+        for each in opened:
+            os.close(each)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UnsafePath(errno.EINVAL, f"{rel} is not a regular file")
+    return fd
+
+
+def read_limited(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``fd``; :class:`UnsafePath` when it holds more."""
+    if os.fstat(fd).st_size > limit:
+        raise UnsafePath(errno.EFBIG, f"larger than {limit} bytes")
+    chunks: list[bytes] = []
+    left = limit + 1
+    while left > 0:
+        chunk = os.read(fd, min(_CHUNK, left))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise UnsafePath(errno.EFBIG, f"larger than {limit} bytes")
+    return data
+
+
+def read_file_at(dir_fd: int, rel: str, limit: int) -> bytes:
+    """The bytes of regular file ``rel`` under ``dir_fd`` (see :func:`open_relative`)."""
+    fd = open_relative(dir_fd, rel)
+    try:
+        return read_limited(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def copy_verified(dir_fd: int, rel: str, target: Path, size: int) -> tuple[str, int]:
+    """Copy regular file ``rel`` under ``dir_fd`` to ``target`` (a private place), refusing it
+    before copying when its type or size is not what the manifest says, and never copying more
+    than ``size`` bytes; the SHA-256 and size of exactly the bytes written."""
+    fd = open_relative(dir_fd, rel)
+    try:
+        found = os.fstat(fd).st_size
+        if found != size:
+            raise UnsafePath(errno.EINVAL, f"has {found} bytes, the manifest says {size}")
+        digest = hashlib.sha256()
+        written = 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            while written <= size:
+                chunk = os.read(fd, min(_CHUNK, size + 1 - written))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                os.write(out, chunk)
+                written += len(chunk)
+            os.fchmod(out, stat.S_IMODE(os.fstat(fd).st_mode) & 0o755 | 0o600)
+        finally:
+            os.close(out)
+        return digest.hexdigest(), written
+    finally:
+        os.close(fd)
+
+
+def remove_tree_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` under ``dir_fd`` (a file, or a directory and everything in it) without
+    following any symbolic link: a link planted inside is removed, never what it points at."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        return
+    try:
+        fd = open_dir(name, dir_fd=dir_fd)
+    except (FileNotFoundError, UnsafePath):
+        return
+    try:
+        with os.scandir(fd) as listing:
+            names = [entry.name for entry in listing]
+        for child in names:
+            remove_tree_at(fd, child)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        os.rmdir(name, dir_fd=dir_fd)
+
+
 @contextlib.contextmanager
-def file_lock(path: Path, timeout: float) -> Iterator[None]:
+def file_lock(path: Path, timeout: float, mode: int = 0o600) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` for the block, waiting at most ``timeout`` seconds.
 
     The kernel releases an ``flock`` when its holder dies, so a crash never blocks the others.
-    The lock is held through two descriptors of one open file: with torch 2.7 and 2.8, the
-    descriptor of a ``filelock`` lock held across an Inductor compile was found closed at release
-    (EBADF), so one stray close must neither release the lock early nor make its release fail. A
-    descriptor is closed at the end only if it still refers to the lock file.
+    The lock file is opened without following a link (a link planted in its place is refused),
+    read-only where another user created it (``flock`` needs no write access). The lock is held
+    through two descriptors of one open file, so that a stray ``close`` of one number by other
+    code in the process (seen with compilers' own file handling) neither releases it early nor
+    makes its release fail; a descriptor is closed at the end only if it still refers to it.
     """
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    inode = os.fstat(fd).st_ino
+    flags = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, mode)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY | flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(exc.errno, f"lock file {path} is a symbolic link") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UnsafePath(errno.EINVAL, f"lock file {path} is not a regular file")
+    if info.st_uid == getattr(os, "geteuid", lambda: -1)():
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, mode)  # the umask may have narrowed a shared store's group mode
+    inode = info.st_ino
     spare = os.dup(fd)
     deadline = time.monotonic() + timeout
     try:

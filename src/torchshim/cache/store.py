@@ -4,20 +4,25 @@ Layout under the store's root::
 
     torchshim-cache.json        what this directory is (format), written once
     entries/<id[:2]>/<id>/      one entry: manifest.json + the files it lists
-    index.json                  summary of the entries (advisory: rebuilt when unreadable)
     quarantine/                 entries that failed verification, moved aside for inspection
     tmp/                        staging directories and verified private copies (checkouts)
     locks/                      per-entry lock files (flock: released when a process dies)
-    stats.jsonl                 hit/miss/corrupt counters, one JSON line per event
-    probes/                     machine facts Inductor probes for at start-up (CPU vector ISA),
-                                keyed by everything they depend on
+    stats.jsonl                 hit/miss/corrupt counters, one JSON line per event (compacted)
+    probes/                     machine facts Inductor probes for at start-up (see ``probes``)
 
-An entry is written into ``tmp/`` and becomes visible by one ``rename``, after its files and its
-manifest (SHA-256 and size of every file) are on disk: a reader sees a whole entry or none, also
-after a process was killed at any point of a save. A reader copies an entry's files into a private
-checkout while hashing them and uses the copy only when every hash matches, so what is imported
-is exactly what was verified. A bad entry is a miss: one warning, a counter, the entry moved to
-``quarantine/`` (``TORCHSHIM_STRICT=1`` raises :class:`CacheCorruptionError` instead).
+An entry is written into a staging directory and becomes visible by one ``rename``, after its files
+and its manifest (SHA-256 and size of every file, see ``manifest``) are on disk: a reader sees a
+whole entry or none, also after a process was killed at any point of a save. A reader copies an
+entry's files into a private checkout while hashing them and uses the copy only when every hash
+matches, so what is imported is exactly what was verified. A bad entry is a miss: one warning, a
+counter, the entry moved to ``quarantine/`` (``TORCHSHIM_STRICT=1`` raises instead).
+
+Every path inside the store is opened relative to a verified descriptor of its root, never
+through a symbolic link, and every file is checked for type and size before it is read (see
+``trust`` for who may own the root). In a shared store (``TORCHSHIM_CACHE_SHARED=1``) entries are
+staged and checked out in this user's private temporary directory, the store's directories and
+files are group-readable and -writable (setgid directories keep the group), and with
+``TORCHSHIM_CACHE_KEY`` nothing is used whose signature does not verify.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import json
 import logging
 import os
 import shutil
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -38,47 +45,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from torchshim import config
+from torchshim.cache import leases
+from torchshim.cache import manifest as manifests
 from torchshim.cache.files import (
     LockTimeout,
+    UnsafePath,
     atomic_write,
-    copy_hashed,
+    copy_verified,
     file_lock,
-    fsync_dir,
     fsync_tree,
+    open_dir,
+    read_file_at,
+    remove_tree_at,
+    sha256_file,
     tree_files,
 )
-from torchshim.cache.trust import (
-    STRICT_ENV,
-    env_flag,
-    sign,
-    signature_verifies,
-    signing_key,
-    untrusted_reason,
-)
+from torchshim.cache.manifest import MANIFEST, STORE_FORMAT
+from torchshim.cache.trust import untrusted_reason, untrusted_subdir
 from torchshim.errors import CacheCorruptionError, CacheDirError, CacheLockTimeout
 
-__all__ = [
-    "MANIFEST",
-    "STORE_FORMAT",
-    "CacheStore",
-    "EntryInfo",
-    "EntryWriter",
-]
+__all__ = ["MANIFEST", "STORE_FORMAT", "TAG", "CacheStore", "EntryInfo", "EntryWriter"]
 
 log = logging.getLogger(__name__)
 
-#: Bumped when the layout or the manifest schema changes; entries of another format are misses.
-STORE_FORMAT = 1
-MANIFEST = "manifest.json"
 TAG = "torchshim-cache.json"
+SUBDIRS = ("entries", "quarantine", "tmp", "locks", "probes")
 #: How often an entry's last-use time is refreshed (Go's build cache does the same: cheap LRU).
 USE_TIME_GRANULARITY_S = 3600.0
-#: Temporaries of a live process are kept; those of a dead one after this many seconds.
-STALE_AFTER_S = 10.0
-#: Temporaries older than this are removed whoever made them.
-ABANDONED_AFTER_S = 24 * 3600.0
+#: ``stats.jsonl`` is folded into one line per event when it grows past this.
+STATS_COMPACT_BYTES = 256 << 10
+_TEMP_PREFIXES = ("stage-", "checkout-", "trash-", ".")
 
-_TEMP_KINDS = ("stage", "checkout", "trash")
+
+def valid_entry_id(entry_id: object) -> bool:
+    return (
+        isinstance(entry_id, str)
+        and 2 < len(entry_id) <= 128
+        and all(c in "0123456789abcdef" for c in entry_id)
+    )
 
 
 @dataclass
@@ -119,88 +124,169 @@ class EntryWriter:
         return final
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _temp_owner(name: str) -> int | None:
-    """The PID in a temporary's name (``stage-<pid>-<hex>``, ``.x.tmp-<pid>-<hex>``)."""
-    parts = name.rsplit("-", 2)
-    if len(parts) != 3:
-        return None
-    try:
-        return int(parts[1])
-    except ValueError:
-        return None
-
-
 class CacheStore:
     """A cache directory. ``enabled`` is False when the directory cannot be trusted (one warning,
-    nothing read or written); ``writable`` is False for a read-only directory (hits load, misses
-    compile in memory, nothing is written)."""
+    nothing read or written, nothing created); ``writable`` is False for a read-only directory
+    (hits load, misses compile in memory, nothing is written).
+
+    ``create=False`` (the operator's tools) never creates anything; ``maintain=False`` also
+    leaves abandoned temporaries alone (a read-only look such as ``cache info``)."""
 
     _warned: ClassVar[set[str]] = set()
     _warned_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, create: bool = True, maintain: bool = True
+    ) -> None:
         self.root = Path(root).expanduser().absolute()
-        self.strict = env_flag(STRICT_ENV)
-        self.key = signing_key()
+        self.shared = config.cache_shared()
+        self.strict = config.strict()
+        self.key = config.cache_key()
+        self.dir_mode = 0o2770 if self.shared else 0o700
+        self.file_mode = 0o660 if self.shared else 0o600
         self.counters: Counter[str] = Counter()
         self._checkouts: list[Path] = []
+        self._private: Path | None = None
+        self._fd: int | None = None
         self.enabled = True
         self.writable = True
+        self._create = create
         self.reason: str | None = None
-        if create and not self.root.exists():
+        reason = untrusted_reason(self.root, shared=self.shared)
+        if reason is None and create and not self.root.exists():
             try:
                 # exist_ok: processes sharing a cache directory start together
-                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self.root.mkdir(parents=True, exist_ok=True, mode=self.dir_mode)
+                if self.shared:
+                    self.root.chmod(self.dir_mode)
             except OSError as exc:
                 raise CacheDirError(
                     f"cannot create cache directory {self.root}: {exc.strerror or exc}. Pass a "
                     "directory you can write, or create it first."
                 ) from exc
-        if not self.root.is_dir():
+        if reason is None and not self.root.is_dir():
             raise CacheDirError(
                 f"cache directory {self.root} does not exist or is not a directory; create it "
                 "or pass another one"
             )
-        reason = untrusted_reason(self.root)
+        if reason is None:
+            reason = self._open_root()
         if reason is not None:
-            self.enabled = self.writable = False
-            self.reason = reason
-            self._warn_once(
-                f"untrusted:{self.root}",
-                f"torchshim: not using cache directory {self.root}: {reason}. Anyone who can "
-                "write a compile cache can run code as its reader. Use a directory of your own "
-                "(mode 0700), or set TORCHSHIM_CACHE_SHARED=1 if this one is shared on purpose. "
-                "Caching is off for this process.",
-            )
+            self._disable(reason)
             return
         _open_stores.append(self)
-        self.writable = self._probe_writable()
-        if not self.writable:
-            self.reason = "read-only"
-            log.info("cache directory %s is read-only: hits load, misses are not stored", self.root)
-            return
-        for sub in ("entries", "quarantine", "tmp", "locks"):
-            (self.root / sub).mkdir(exist_ok=True)
-        tag = self.root / TAG
-        if not tag.exists():
-            with contextlib.suppress(OSError):
-                atomic_write(
-                    tag,
-                    json.dumps(
-                        {"format": STORE_FORMAT, "what": "torchshim compile cache; safe to delete"}
-                    ).encode(),
+        if self.shared and self.key is None:
+            self._warn_once(
+                f"unsigned-shared:{self.root}",
+                f"torchshim: cache directory {self.root} is shared (TORCHSHIM_CACHE_SHARED=1) and "
+                "TORCHSHIM_CACHE_KEY is not set: entries that anyone who can write it puts there "
+                "are loaded as code. Set TORCHSHIM_CACHE_KEY, a secret shared by the writers.",
+            )
+        if self.writable:
+            self.writable = self._probe_writable()
+            if not self.writable:
+                self.reason = "read-only"
+                log.info(
+                    "cache directory %s is read-only: hits load, misses are not stored", self.root
                 )
-        self.clean_stale()
+        reason = self._check_subdirs()
+        if reason is not None:
+            self._disable(reason)
+            return
+        if self.writable:
+            if create:
+                self._write_tag()
+            if maintain:
+                self.clean_stale()
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open_existing(cls, root: str | os.PathLike[str], *, maintain: bool = True) -> CacheStore:
+        """An existing store for the operator's tools: nothing is created, and a directory that
+        is not a torchshim cache is a :class:`CacheDirError`."""
+        path = Path(root).expanduser().absolute()
+        try:
+            info = os.lstat(path / TAG)
+        except OSError:
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode):
+            raise CacheDirError(f"{path} is not a torchshim cache (it holds no {TAG})")
+        return cls(path, create=False, maintain=maintain)
+
+    def _open_root(self) -> str | None:
+        real = os.path.realpath(self.root)
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            return f"cannot open it ({exc.strerror or exc})"
+        reason = untrusted_subdir(os.fstat(fd), "it", shared=self.shared)
+        if reason is not None:
+            os.close(fd)
+            return reason
+        self._fd = fd
+        return None
+
+    def _disable(self, reason: str) -> None:
+        self.enabled = self.writable = False
+        self.reason = reason
+        self._close_fd()
+        self._warn_once(
+            f"untrusted:{self.root}",
+            f"torchshim: not using cache directory {self.root}: {reason}. Anyone who can write "
+            "a compile cache can run code as its reader. Use a directory of your own (mode "
+            "0700, on a path only you and root can change), or set TORCHSHIM_CACHE_SHARED=1 "
+            "(with TORCHSHIM_CACHE_KEY) if it is shared on purpose. Caching is off here.",
+        )
+
+    def _check_subdirs(self) -> str | None:
+        for sub in SUBDIRS:
+            try:
+                info = os.stat(sub, dir_fd=self.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not (self.writable and self._create):
+                    continue
+                try:
+                    os.mkdir(sub, self.dir_mode, dir_fd=self.fd)
+                    if self.shared:
+                        os.chmod(sub, self.dir_mode, dir_fd=self.fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    return f"cannot create {sub}/ in it ({exc.strerror or exc})"
+                info = os.stat(sub, dir_fd=self.fd, follow_symlinks=False)
+            reason = untrusted_subdir(info, f"{sub}/ in it", shared=self.shared)
+            if reason is not None:
+                return reason
+        return None
+
+    def _write_tag(self) -> None:
+        try:
+            os.stat(TAG, dir_fd=self.fd, follow_symlinks=False)
+            return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            body = {"format": STORE_FORMAT, "what": "torchshim compile cache; safe to delete"}
+            atomic_write(self.root / TAG, json.dumps(body).encode())
+
+    @property
+    def fd(self) -> int:
+        """A descriptor of the verified root (reopened after :meth:`close`)."""
+        if self._fd is None:
+            reason = self._open_root()
+            if reason is not None:
+                raise CacheDirError(f"cache directory {self.root} can no longer be used: {reason}")
+        if self._fd is None:  # pragma: no cover - _open_root sets it or says why
+            raise CacheDirError(f"cache directory {self.root} is not open")
+        return self._fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _warn_once(self, token: str, message: str) -> None:
@@ -211,13 +297,13 @@ class CacheStore:
         log.warning("%s", message)
 
     def _probe_writable(self) -> bool:
-        probe = self.root / f".probe-{os.getpid()}-{uuid.uuid4().hex}"
+        name = f".probe-{uuid.uuid4().hex}"
         try:
-            probe.mkdir()
+            os.mkdir(name, 0o700, dir_fd=self.fd)
         except OSError:
             return False
         with contextlib.suppress(OSError):
-            probe.rmdir()
+            os.rmdir(name, dir_fd=self.fd)
         return True
 
     def count(self, event: str, entry_id: str | None = None) -> None:
@@ -225,45 +311,101 @@ class CacheStore:
         self.counters[event] += 1
         if not self.writable:
             return
-        line = json.dumps({"event": event, "id": entry_id, "pid": os.getpid(), "t": time.time()})
-        with contextlib.suppress(OSError):
+        line = json.dumps({"event": event, "id": entry_id, "t": time.time()})
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open("stats.jsonl", flags, self.file_mode, dir_fd=self.fd)
+        except OSError:
+            return  # a link or another file planted in its place: counters are advisory
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return
             # O_APPEND writes of one short line are atomic: no lock needed between processes
-            fd = os.open(self.root / "stats.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (line + "\n").encode())
-            finally:
-                os.close(fd)
+            os.write(fd, (line + "\n").encode())
+            grown = info.st_size > STATS_COMPACT_BYTES
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        if grown:
+            self.compact_stats()
 
     def entry_dir(self, entry_id: str) -> Path:
-        if not entry_id or any(c not in "0123456789abcdef" for c in entry_id):
+        if not valid_entry_id(entry_id):
             raise ValueError(f"not an entry id: {entry_id!r}")
         return self.root / "entries" / entry_id[:2] / entry_id
 
-    def _temp_dir(self, kind: str) -> Path:
-        if self.writable:
-            path = self.root / "tmp" / f"{kind}-{os.getpid()}-{uuid.uuid4().hex}"
-            path.mkdir(mode=0o700)
-            return path
-        import tempfile
+    def _private_root(self) -> Path:
+        """This user's own scratch directory (shared or read-only stores stage and check out
+        there): a fresh ``mkdtemp``, mode 0700."""
+        if self._private is None:
+            self._private = Path(tempfile.mkdtemp(prefix="torchshim-private-"))
+        return self._private
 
-        return Path(tempfile.mkdtemp(prefix=f"torchshim-{kind}-"))
+    def _temp_dir(self, kind: str) -> Path:
+        if self.writable and not self.shared:
+            path = self.root / "tmp" / f"{kind}-{uuid.uuid4().hex}"
+            with self._opened("tmp") as tmp_fd:
+                if tmp_fd is None:
+                    raise CacheDirError(f"{self.root / 'tmp'} is missing")
+                os.mkdir(path.name, 0o700, dir_fd=tmp_fd)
+        else:
+            path = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=self._private_root()))
+        leases.hold(path)
+        return path
+
+    @contextlib.contextmanager
+    def _opened(self, *parts: str) -> Iterator[int | None]:
+        """A descriptor of ``root/parts...`` opened without following links (``None``: absent);
+        :class:`UnsafePath` for a link or a non-directory, or, in a private store, a directory
+        another user could change."""
+        opened: list[int] = []
+        current = self.fd
+        try:
+            for part in parts:
+                try:
+                    current = open_dir(part, dir_fd=current)
+                except FileNotFoundError:
+                    yield None
+                    return
+                opened.append(current)
+                reason = untrusted_subdir(os.fstat(current), part, shared=self.shared)
+                if reason is not None:
+                    raise UnsafePath(errno.EPERM, reason)
+            yield current
+        finally:
+            for fd in reversed(opened):
+                os.close(fd)
+
+    def _entry_parts(self, entry_id: str) -> tuple[str, str, str]:
+        self.entry_dir(entry_id)  # validates the id
+        return ("entries", entry_id[:2], entry_id)
 
     # -- locks --------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, entry_id: str, timeout: float = 600.0) -> Iterator[None]:
+    def lock(self, entry_id: str, timeout: float | None = None) -> Iterator[None]:
         """Hold the entry's lock (one compiler at a time; others wait, then load). The lock is an
-        ``flock``: the kernel releases it when its holder dies, so a crash never blocks others."""
+        ``flock``: the kernel releases it when its holder dies, so a crash never blocks others.
+        :class:`CacheLockTimeout` after ``timeout`` seconds (default ``TORCHSHIM_LOCK_TIMEOUT``)
+        or when the lock file is not a plain file of this store."""
         if not self.writable:
             yield
             return
-        path = self.root / "locks" / f"{entry_id}.lock"
+        wait = config.lock_timeout() if timeout is None else timeout
+        path = self.root / "locks" / f"{self.entry_dir(entry_id).name}.lock"
         try:
-            with file_lock(path, timeout):
+            lock = file_lock(path, wait, self.file_mode)
+            with lock:
                 yield
         except LockTimeout as exc:
             raise CacheLockTimeout(
-                f"waited {timeout:.0f} s for the lock of cache entry {entry_id} ({path}); "
+                f"waited {wait:.0f} s for the lock of cache entry {entry_id} ({path}); "
                 "another process is compiling it. Raise TORCHSHIM_LOCK_TIMEOUT or try again."
+            ) from exc
+        except (UnsafePath, PermissionError) as exc:
+            raise CacheLockTimeout(
+                f"cannot take the lock of cache entry {entry_id} ({path}): {exc}"
             ) from exc
 
     # -- writing ------------------------------------------------------------------------------
@@ -278,154 +420,138 @@ class CacheStore:
         try:
             yield writer
         finally:
+            leases.release(staging)
             if not writer.committed:
                 shutil.rmtree(staging, ignore_errors=True)
-
-    def _manifest_bytes(self, manifest: Mapping[str, Any]) -> bytes:
-        body = {k: v for k, v in manifest.items() if k != "signature"}
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def publish(self, writer: EntryWriter) -> Path:
         staging = writer.path
         files: dict[str, dict[str, Any]] = {}
-        from torchshim.cache.files import sha256_file
-
         for path in tree_files(staging):
             rel = path.relative_to(staging).as_posix()
             if rel == MANIFEST:
                 continue
             digest, size = sha256_file(path)
             files[rel] = {"sha256": digest, "size": size}
-        manifest: dict[str, Any] = {
-            "format": STORE_FORMAT,
-            "id": writer.entry_id,
-            "key": writer.key,
-            "created": time.time(),
-            "meta": writer.meta,
-            "files": files,
-        }
-        if self.key is not None:
-            manifest["signature"] = sign(self.key, self._manifest_bytes(manifest))
+        manifest = manifests.build(writer.entry_id, writer.key, writer.meta, files, self.key)
         fsync_tree(staging)
         atomic_write(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        final = self.entry_dir(writer.entry_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(2):
-            try:
-                os.rename(staging, final)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
-                    raise
-                _, problem = self._read_manifest(final, {})
-                if problem is None:  # another process published it first: keep theirs
-                    shutil.rmtree(staging, ignore_errors=True)
-                    writer.kept_existing = True
-                    break
-                self._quarantine(writer.entry_id, problem)
-                continue
-            fsync_dir(final.parent)
-            break
+        source = staging
+        if self.shared:
+            source = self._copy_into_store(staging, list(files))
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self._rename_into_place(writer, source)
+        finally:
+            if source.exists():
+                shutil.rmtree(source, ignore_errors=True)
         self.count("put", writer.entry_id)
-        self._index_update(writer.entry_id, manifest if not writer.kept_existing else None)
-        return final
+        return self.entry_dir(writer.entry_id)
+
+    def _copy_into_store(self, staging: Path, names: list[str]) -> Path:
+        """A shared store's copy of a privately staged entry, group-readable, in ``tmp/``.
+        Someone of the group could change it before the rename; readers verify every file
+        against the (signed) manifest, so that is a miss, never a load of their bytes."""
+        target = self.root / "tmp" / f"stage-{uuid.uuid4().hex}"
+        with self._opened("tmp") as tmp_fd:
+            if tmp_fd is None:
+                raise CacheDirError(f"{self.root / 'tmp'} is missing")
+            os.mkdir(target.name, self.dir_mode, dir_fd=tmp_fd)
+            os.chmod(target.name, self.dir_mode, dir_fd=tmp_fd)
+        leases.hold(target)
+        try:
+            for rel in [*names, MANIFEST]:
+                out = target / rel
+                for parent in reversed(out.relative_to(target).parents[:-1]):
+                    directory = target / parent
+                    if not directory.is_dir():
+                        directory.mkdir(mode=self.dir_mode)
+                        directory.chmod(self.dir_mode)
+                shutil.copyfile(staging / rel, out, follow_symlinks=False)
+                out.chmod(0o640)
+            fsync_tree(target)
+        finally:
+            leases.release(target)
+        return target
+
+    def _rename_into_place(self, writer: EntryWriter, source: Path) -> None:
+        entry_id = writer.entry_id
+        _, parent, name = self._entry_parts(entry_id)
+        with self._opened("entries") as entries_fd:
+            if entries_fd is None:
+                raise CacheDirError(f"{self.root / 'entries'} is missing")
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parent, self.dir_mode, dir_fd=entries_fd)
+                if self.shared:
+                    os.chmod(parent, self.dir_mode, dir_fd=entries_fd)
+        with self._opened("entries", parent) as parent_fd:
+            if parent_fd is None:
+                raise CacheDirError(f"{self.root / 'entries' / parent} vanished")
+            for _attempt in range(2):
+                try:
+                    os.rename(source, name, dst_dir_fd=parent_fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                        raise
+                    _, problem = self._manifest_of(entry_id, {}, None)
+                    if problem is None:  # another process published it first: keep theirs
+                        writer.kept_existing = True
+                        break
+                    self._quarantine(entry_id, problem)
+                    continue
+                with contextlib.suppress(OSError):
+                    os.fsync(parent_fd)
+                break
 
     # -- machine facts ------------------------------------------------------------------------
-    def _probe_path(self, fingerprint: str) -> Path:
-        import hashlib
-
-        return (
-            self.root / "probes" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()[:32]}.json"
-        )
-
     def read_probes(self, fingerprint: str) -> dict[str, bool]:
-        """The probe answers recorded for ``fingerprint`` (empty when none, or when the record is
-        unreadable, for another fingerprint, or unsigned while ``TORCHSHIM_CACHE_KEY`` is set)."""
-        if not self.enabled:
-            return {}
-        try:
-            record = json.loads(self._probe_path(fingerprint).read_bytes())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
-            return {}
-        results = record.get("results")
-        if not isinstance(results, dict):
-            return {}
-        if self.key is not None and not signature_verifies(
-            self.key, self._manifest_bytes(record), record.get("signature")
-        ):
-            log.warning(
-                "ignoring probe record %s: its signature does not verify",
-                self._probe_path(fingerprint),
-            )
-            return {}
-        return {str(k): bool(v) for k, v in results.items() if isinstance(v, bool)}
+        from torchshim.cache.probes import read_probes
+
+        return read_probes(self, fingerprint)
 
     def write_probes(self, fingerprint: str, results: Mapping[str, bool]) -> None:
-        """Record probe answers for ``fingerprint`` (atomically; nothing where read-only)."""
-        if not (self.enabled and self.writable) or not results:
-            return
-        record: dict[str, Any] = {"fingerprint": fingerprint, "results": dict(results)}
-        if self.key is not None:
-            record["signature"] = sign(self.key, self._manifest_bytes(record))
-        path = self._probe_path(fingerprint)
-        try:
-            path.parent.mkdir(exist_ok=True)
-            atomic_write(path, json.dumps(record, sort_keys=True).encode())
-        except OSError as exc:
-            log.debug("could not record probe answers in %s: %s", path, exc)
+        from torchshim.cache.probes import write_probes
+
+        write_probes(self, fingerprint, results)
 
     # -- reading ------------------------------------------------------------------------------
-    def _read_manifest(
-        self, entry: Path, expect: Mapping[str, Any]
+    def _manifest_of(
+        self, entry_id: str, expect: Mapping[str, Any], key: str | None
     ) -> tuple[dict[str, Any] | None, str | None]:
         """The entry's manifest, or why it cannot be trusted (files are not hashed here)."""
-        path = entry / MANIFEST
         try:
-            manifest = json.loads(path.read_bytes())
+            with self._opened(*self._entry_parts(entry_id)) as fd:
+                if fd is None:
+                    return None, "it is missing"
+                data = read_file_at(fd, MANIFEST, manifests.MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return None, "its manifest is missing"
-        except (OSError, ValueError) as exc:
-            return None, f"its manifest is unreadable ({type(exc).__name__})"
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            return None, "its manifest is malformed"
-        if manifest.get("format") != STORE_FORMAT:
-            return None, (
-                f"it was written in cache format {manifest.get('format')!r}, this torchshim "
-                f"uses {STORE_FORMAT}"
-            )
-        meta = manifest.get("meta")
-        if not isinstance(meta, dict):
-            meta = {}
-        for name, wanted in expect.items():
-            if meta.get(name) != wanted:
-                return None, (
-                    f"it was written for {name} {meta.get(name)!r}, this process has {wanted!r} "
-                    "(another torch build or configuration)"
-                )
-        if self.key is not None and not signature_verifies(
-            self.key, self._manifest_bytes(manifest), manifest.get("signature")
-        ):
-            return None, "its signature does not verify with TORCHSHIM_CACHE_KEY"
-        for rel in manifest["files"]:
-            parts = Path(rel).parts
-            if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in parts:
-                return None, f"its manifest names a path outside the entry ({rel!r})"
-        return manifest, None
+        except UnsafePath as exc:
+            return None, f"its manifest or directory is not a plain file or directory ({exc})"
+        except OSError as exc:
+            return None, f"its manifest is unreadable ({exc.strerror or exc})"
+        return manifests.parse(data, entry_id, expect, self.key, key)
 
     def exists(self, entry_id: str) -> bool:
-        return (self.entry_dir(entry_id) / MANIFEST).exists()
+        """Whether the entry is present (not whether it is valid)."""
+        try:
+            with self._opened(*self._entry_parts(entry_id)) as fd:
+                return fd is not None
+        except (OSError, CacheDirError):
+            return False
 
-    def read_manifest(self, entry_id: str, expect: Mapping[str, Any]) -> dict[str, Any] | None:
+    def read_manifest(
+        self, entry_id: str, expect: Mapping[str, Any], key: str | None = None
+    ) -> dict[str, Any] | None:
         """The manifest of a present, trustworthy entry, else ``None`` (a miss; a bad one is
-        quarantined). Files are verified by :meth:`checkout`."""
+        quarantined). ``key``: the cache key it must have been written for. Files are verified
+        by :meth:`checkout`."""
         if not self.enabled:
             return None
-        entry = self.entry_dir(entry_id)
-        if not entry.exists():
+        if not self.exists(entry_id):
             self.count("miss", entry_id)
             return None
-        manifest, problem = self._read_manifest(entry, expect)
+        manifest, problem = self._manifest_of(entry_id, expect, key)
         if problem is not None:
             self._bad_or_gone(entry_id, problem)
             return None
@@ -434,38 +560,45 @@ class CacheStore:
     def _bad_or_gone(self, entry_id: str, problem: str) -> None:
         """A problem found while the entry was being removed (prune, another quarantine) is a
         plain miss, not damage."""
-        if self.entry_dir(entry_id).exists():
+        if self.exists(entry_id):
             self._bad(entry_id, problem)
         else:
             self.count("miss", entry_id)
 
-    def checkout(self, entry_id: str, expect: Mapping[str, Any]) -> Path | None:
+    def checkout(
+        self, entry_id: str, expect: Mapping[str, Any], key: str | None = None
+    ) -> Path | None:
         """A private, verified copy of the entry (removed at :meth:`close`), or ``None``."""
-        manifest = self.read_manifest(entry_id, expect)
+        manifest = self.read_manifest(entry_id, expect, key)
         if manifest is None:
             return None
-        entry = self.entry_dir(entry_id)
         scratch = self._temp_dir("checkout")
         problem = None
-        for rel, record in sorted(manifest["files"].items()):
-            try:
-                digest, size = copy_hashed(entry / rel, scratch / rel)
-            except FileNotFoundError:
-                problem = f"its file {rel} is missing"
-                break
-            except OSError as exc:
-                problem = f"its file {rel} is unreadable ({exc.strerror or exc})"
-                break
-            if not isinstance(record, dict):
-                problem = f"its manifest has no record for {rel}"
-                break
-            if size != record.get("size"):
-                problem = f"its file {rel} has {size} bytes, the manifest says {record.get('size')}"
-                break
-            if digest != record.get("sha256"):
-                problem = f"its file {rel} does not match its SHA-256"
-                break
+        try:
+            with self._opened(*self._entry_parts(entry_id)) as fd:
+                if fd is None:
+                    problem = "it vanished while being read"
+                for rel, record in sorted(manifest["files"].items()):
+                    if fd is None:
+                        break
+                    try:
+                        digest, _ = copy_verified(fd, rel, scratch / rel, record["size"])
+                    except FileNotFoundError:
+                        problem = f"its file {rel} is missing"
+                        break
+                    except UnsafePath as exc:
+                        problem = f"its file {rel} is unusable: {exc.strerror or exc}"
+                        break
+                    except OSError as exc:
+                        problem = f"its file {rel} is unreadable ({exc.strerror or exc})"
+                        break
+                    if digest != record["sha256"]:
+                        problem = f"its file {rel} does not match its SHA-256"
+                        break
+        except UnsafePath as exc:
+            problem = f"its directory is unusable ({exc})"
         if problem is not None:
+            leases.release(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
             self._bad_or_gone(entry_id, problem)
             return None
@@ -478,10 +611,15 @@ class CacheStore:
         """Refresh the entry's last-use time, at most once per hour (cheap LRU for prune)."""
         if not self.writable:
             return
-        entry = self.entry_dir(entry_id)
-        with contextlib.suppress(OSError):
-            if time.time() - entry.stat().st_mtime > USE_TIME_GRANULARITY_S:
-                os.utime(entry)
+        with (
+            contextlib.suppress(OSError, CacheDirError),
+            self._opened("entries", entry_id[:2]) as fd,
+        ):
+            if fd is None:
+                return
+            info = os.stat(entry_id, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode) and time.time() - info.st_mtime > USE_TIME_GRANULARITY_S:
+                os.utime(entry_id, dir_fd=fd, follow_symlinks=False)
 
     def _bad(self, entry_id: str, problem: str) -> None:
         message = (
@@ -494,241 +632,133 @@ class CacheStore:
                 "find and quarantine bad entries."
             )
         self.count("corrupt", entry_id)
+        if self.shared and manifests.is_signature_problem(problem):
+            # it may be another writer's, signed with a key this process does not hold: a miss
+            # here, left in place for them
+            self._warn_once(f"bad:{self.root}:{entry_id}", message + "; left in place.")
+            return
         moved = self._quarantine(entry_id, problem)
         where = f"; moved to {moved}" if moved else ""
         self._warn_once(f"bad:{self.root}:{entry_id}", message + where + ".")
 
     def _quarantine(self, entry_id: str, problem: str) -> Path | None:
+        """Move the entry to ``quarantine/`` with a note of why; never through a link."""
         if not self.writable:
             return None
-        entry = self.entry_dir(entry_id)
-        target = self.root / "quarantine" / f"{entry_id}-{int(time.time())}-{uuid.uuid4().hex[:8]}"
+        name = f"{entry_id}-{int(time.time())}-{uuid.uuid4().hex[:8]}"
         try:
-            os.rename(entry, target)
-        except OSError:
+            with (
+                self._opened("entries", entry_id[:2]) as parent_fd,
+                self._opened("quarantine") as target_fd,
+            ):
+                if parent_fd is None or target_fd is None:
+                    return None
+                os.rename(entry_id, name, src_dir_fd=parent_fd, dst_dir_fd=target_fd)
+                with contextlib.suppress(OSError):
+                    moved = open_dir(name, dir_fd=target_fd)
+                    try:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        note = os.open("QUARANTINED.txt", flags, 0o644, dir_fd=moved)
+                        try:
+                            os.write(note, (problem + "\n").encode())
+                        finally:
+                            os.close(note)
+                    finally:
+                        os.close(moved)
+        except (OSError, CacheDirError):
             return None  # gone already (another process moved it) or not movable
-        with contextlib.suppress(OSError):
-            (target / "QUARANTINED.txt").write_text(problem + "\n")
         self.count("quarantined", entry_id)
-        self._index_update(entry_id, None)
-        return target
+        return self.root / "quarantine" / name
 
-    # -- housekeeping ------------------------------------------------------------------------------
+    # -- housekeeping --------------------------------------------------------------------------
     def clean_stale(self) -> list[Path]:
-        """Remove temporaries that crashed or killed processes left behind."""
+        """Remove temporaries whose lease expired (a crashed or killed process's staging
+        directories, checkouts and half-written files), whoever made them; never through a
+        link: a link planted in ``tmp/`` is removed, not what it points at."""
         removed: list[Path] = []
-        now = time.time()
-        candidates = list((self.root / "tmp").iterdir()) if (self.root / "tmp").is_dir() else []
-        for directory in (self.root, self.root / "entries", *self._entry_parents()):
-            with contextlib.suppress(OSError):
-                candidates += [p for p in directory.iterdir() if p.name.startswith(".")]
-        for path in candidates:
-            owner = _temp_owner(path.name)
-            if owner is None:
-                continue
+        places: list[tuple[str, ...]] = [("tmp",), (), ("entries",)]
+        with contextlib.suppress(OSError, CacheDirError), self._opened("entries") as fd:
+            if fd is not None:
+                with os.scandir(fd) as listing:
+                    places += [("entries", e.name) for e in listing if len(e.name) == 2]
+        for place in places:
             try:
-                age = now - path.lstat().st_mtime
-            except OSError:
+                with self._opened(*place) as fd:
+                    if fd is None:
+                        continue
+                    with os.scandir(fd) as listing:
+                        names = [e.name for e in listing]
+                    for name in names:
+                        if place != ("tmp",) and not name.startswith("."):
+                            continue
+                        if not name.startswith(_TEMP_PREFIXES) or name.startswith(".probe-"):
+                            continue
+                        try:
+                            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if leases.expired(info.st_mtime):
+                            remove_tree_at(fd, name)
+                            removed.append(self.root.joinpath(*place, name))
+            except (OSError, CacheDirError):
                 continue
-            dead = owner != os.getpid() and not _pid_alive(owner)
-            if (dead and age > STALE_AFTER_S) or age > ABANDONED_AFTER_S:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                removed.append(path)
         return removed
-
-    def _entry_parents(self) -> list[Path]:
-        entries = self.root / "entries"
-        return [p for p in entries.iterdir() if p.is_dir()] if entries.is_dir() else []
 
     def close(self) -> None:
         """Remove this process's checkouts (the modules loaded from them stay loaded)."""
         for path in self._checkouts:
+            leases.release(path)
             shutil.rmtree(path, ignore_errors=True)
         self._checkouts.clear()
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+        self._close_fd()
 
-    # -- the operator's view --------------------------------------------------------------------
+    # -- the operator's view (see ``maintenance``) ------------------------------------------------
     def entries(self) -> list[EntryInfo]:
-        found: list[EntryInfo] = []
-        for parent in self._entry_parents():
-            for entry in sorted(parent.iterdir()):
-                if not entry.is_dir() or entry.name.startswith("."):
-                    continue
-                manifest, problem = self._read_manifest(entry, {})
-                size = sum(
-                    int(r.get("size", 0))
-                    for r in (manifest or {}).get("files", {}).values()
-                    if isinstance(r, dict)
-                )
-                try:
-                    used = entry.stat().st_mtime
-                except OSError:
-                    continue
-                found.append(EntryInfo(entry.name, entry, size, used, manifest, problem))
-        return found
+        from torchshim.cache.maintenance import list_entries
+
+        return list_entries(self)
 
     def verify(self, entry: EntryInfo) -> str | None:
-        """Hash every file of ``entry`` in place; the problem found, or ``None``."""
-        from torchshim.cache.files import sha256_file
+        from torchshim.cache.maintenance import verify_entry
 
-        if entry.problem is not None or entry.manifest is None:
-            return entry.problem or "its manifest is unreadable"
-        for rel, record in sorted(entry.manifest["files"].items()):
-            try:
-                digest, size = sha256_file(entry.path / rel)
-            except FileNotFoundError:
-                return f"its file {rel} is missing"
-            except OSError as exc:
-                return f"its file {rel} is unreadable ({exc.strerror or exc})"
-            if size != record.get("size"):
-                return f"its file {rel} has {size} bytes, the manifest says {record.get('size')}"
-            if digest != record.get("sha256"):
-                return f"its file {rel} does not match its SHA-256"
-        return None
+        return verify_entry(self, entry)
 
-    def verify_all(self) -> list[tuple[str, str]]:
-        """Check every entry; quarantine (where writable) and report the bad ones."""
-        bad: list[tuple[str, str]] = []
-        for entry in self.entries():
-            problem = self.verify(entry)
-            if problem is not None:
-                bad.append((entry.id, problem))
-                self.count("corrupt", entry.id)
-                self._quarantine(entry.id, problem)
-        return bad
+    def verify_all(self, quarantine_unsigned: bool = False) -> list[tuple[str, str]]:
+        from torchshim.cache.maintenance import verify_all
+
+        return verify_all(self, quarantine_unsigned)
 
     def remove(self, entry_id: str) -> bool:
-        """Remove one entry unless another process holds its lock right now."""
-        entry = self.entry_dir(entry_id)
-        try:
-            with self.lock(entry_id, timeout=0):
-                trash = self.root / "tmp" / f"trash-{os.getpid()}-{uuid.uuid4().hex}"
-                os.rename(entry, trash)
-        except (CacheLockTimeout, OSError):
-            return False
-        shutil.rmtree(trash, ignore_errors=True)
-        self._index_update(entry_id, None)
-        return True
+        from torchshim.cache.maintenance import remove_entry
+
+        return remove_entry(self, entry_id)
 
     def prune(self, max_size: int | None = None, older_than: float | None = None) -> list[str]:
-        """Evict entries unused for ``older_than`` seconds, then least-recently-used ones until
-        the entries take at most ``max_size`` bytes. Entries being written are skipped."""
-        if not self.writable:
-            raise CacheDirError(f"cache directory {self.root} is not writable; cannot prune it")
-        now = time.time()
-        entries = sorted(self.entries(), key=lambda e: e.last_used)
-        removed: list[str] = []
-        keep: list[EntryInfo] = []
-        for entry in entries:
-            stale = older_than is not None and now - entry.last_used > older_than
-            if stale and self.remove(entry.id):
-                removed.append(entry.id)
-                continue
-            keep.append(entry)
-        if max_size is not None:
-            total = sum(e.size for e in keep)
-            for entry in keep:
-                if total <= max_size:
-                    break
-                if self.remove(entry.id):
-                    removed.append(entry.id)
-                    total -= entry.size
-        if removed:
-            self.count("pruned")
-        self.compact_stats()
-        return removed
+        from torchshim.cache.maintenance import prune
+
+        return prune(self, max_size, older_than)
 
     def clear(self) -> int:
-        """Remove every entry, the quarantine, the index and the counters."""
-        if not self.writable:
-            raise CacheDirError(f"cache directory {self.root} is not writable; cannot clear it")
-        count = 0
-        for entry in self.entries():
-            count += self.remove(entry.id)
-        for path in (self.root / "quarantine").iterdir():
-            shutil.rmtree(path, ignore_errors=True)
-        for name in ("index.json", "stats.jsonl"):
-            with contextlib.suppress(OSError):
-                (self.root / name).unlink()
-        return count
+        from torchshim.cache.maintenance import clear
+
+        return clear(self)
 
     def stats(self) -> Counter[str]:
-        totals: Counter[str] = Counter()
-        try:
-            lines = (self.root / "stats.jsonl").read_text().splitlines()
-        except OSError:
-            return totals
-        for line in lines:
-            with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
-                record = json.loads(line)
-                totals[str(record["event"])] += int(record.get("n", 1))
-        return totals
+        from torchshim.cache.maintenance import read_stats
+
+        return read_stats(self)
 
     def compact_stats(self) -> None:
-        """Fold ``stats.jsonl`` into one line per event (prune does this; counts are kept)."""
-        lock = file_lock(self.root / "locks" / "index.lock", 30)
-        with contextlib.suppress(LockTimeout, OSError), lock:
-            totals = self.stats()
-            text = "".join(
-                json.dumps({"event": event, "n": n}) + "\n" for event, n in sorted(totals.items())
-            )
-            atomic_write(self.root / "stats.jsonl", text.encode())
+        from torchshim.cache.maintenance import compact_stats
 
-    # -- index ----------------------------------------------------------------------------------
-    def index(self) -> dict[str, Any]:
-        """The entries' summary. An unreadable index is rebuilt from the entries (it is never
-        trusted for anything but display)."""
-        path = self.root / "index.json"
-        try:
-            data = json.loads(path.read_bytes())
-            if isinstance(data, dict) and isinstance(data.get("entries"), dict):
-                return data
-            raise ValueError("not an index")
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError):
-            self._warn_once(
-                f"index:{self.root}", f"torchshim: cache index {path} is unreadable; rebuilding it"
-            )
-            self.count("index_rebuilt")
-        return self._rebuild_index()
+        compact_stats(self)
 
-    def _summary(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        meta = manifest.get("meta", {})
-        return {
-            "key": manifest.get("key"),
-            "created": manifest.get("created"),
-            "size": sum(int(r.get("size", 0)) for r in manifest.get("files", {}).values()),
-            "adaptor": meta.get("adaptor") if isinstance(meta, dict) else None,
-            "runtime_shape": meta.get("runtime_shape") if isinstance(meta, dict) else None,
-        }
-
-    def _rebuild_index(self) -> dict[str, Any]:
-        data = {
-            "format": STORE_FORMAT,
-            "entries": {e.id: self._summary(e.manifest) for e in self.entries() if e.manifest},
-        }
-        if self.writable:
-            with contextlib.suppress(OSError):
-                atomic_write(self.root / "index.json", json.dumps(data, indent=1).encode())
-        return data
-
-    def _index_update(self, entry_id: str, manifest: Mapping[str, Any] | None) -> None:
-        if not self.writable:
-            return
-        try:
-            with file_lock(self.root / "locks" / "index.lock", 30):
-                data = self.index()
-                if manifest is None:
-                    data["entries"].pop(entry_id, None)
-                else:
-                    data["entries"][entry_id] = self._summary(manifest)
-                atomic_write(self.root / "index.json", json.dumps(data, indent=1).encode())
-        except (LockTimeout, OSError) as exc:  # advisory: never fail a save for it
-            log.debug("cache index not updated: %s", exc)
+    def stats_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The store-wide lock of ``stats.jsonl`` compaction."""
+        return file_lock(self.root / "locks" / "stats.lock", 30, self.file_mode)
 
 
 _open_stores: list[CacheStore] = []

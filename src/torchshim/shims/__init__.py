@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -126,7 +125,9 @@ def active() -> ActiveShim:
     """
     version = installed_torch_version()
     series = torch_series()
-    allow = os.environ.get(ALLOW_UNTESTED_ENV, "").strip().lower() in {"1", "true", "yes"}
+    from torchshim import config
+
+    allow = config.allow_untested()
     name, untested = _select(series, version, allow)
     if untested:
         message = (

@@ -87,6 +87,20 @@ class ShimModule(Protocol):
         """Enter Dynamo's metrics context where the series has one (a no-op otherwise)."""
         ...
 
+    def kernel_cache_environment(self, directory: str) -> dict[str, str]:
+        """The environment variables that point Inductor's and Triton's caches into
+        ``directory`` (what :meth:`private_kernel_cache` sets)."""
+        ...
+
+    def fx_cache_config(self, persist: bool) -> dict[str, Any]:
+        """Inductor config for a compile whose FX-graph-cache entry is stored (``persist``) or
+        not."""
+        ...
+
+    def check_compiler_config(self, config: Mapping[str, Any]) -> list[str]:
+        """What is wrong with an Inductor config patch (unknown options, wrong value types)."""
+        ...
+
     def private_kernel_cache(self, directory: str) -> AbstractContextManager[None]:
         """Inductor's and Triton's caches in ``directory`` (``inductor/``, ``triton/``) for the
         block, with Inductor's in-memory code caches cleared, so that a compile writes, and a load

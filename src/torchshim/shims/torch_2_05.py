@@ -33,6 +33,7 @@ __all__ = [
     "canonical_code",
     "capture_config",
     "capture_fx_compilation",
+    "check_compiler_config",
     "compile_counters",
     "compile_fx",
     "compiled_fx_graph_hash_hook",
@@ -42,11 +43,13 @@ __all__ = [
     "dynamo_control_flow",
     "force_autograd_cacheable",
     "force_cacheable",
+    "fx_cache_config",
     "graph_returns_tuple",
     "hash_factors",
     "in_tracing_context",
     "install_guards",
     "isolated_inputs",
+    "kernel_cache_environment",
     "load_compiled_artifact",
     "lookup_fx_graph",
     "mark_dynamic",
@@ -180,6 +183,58 @@ def metrics_context() -> Iterator[None]:
     yield
 
 
+def kernel_cache_environment(directory: str) -> dict[str, str]:
+    # Inductor reads TORCHINDUCTOR_CACHE_DIR and Triton TRITON_CACHE_DIR on every use (2.5 - 2.15)
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(directory, "inductor"),
+        "TRITON_CACHE_DIR": os.path.join(directory, "triton"),
+    }
+
+
+def fx_cache_config(persist: bool) -> dict[str, Any]:
+    # fx_graph_cache / force_disable_caches / fx_graph_remote_cache: Inductor config keys on
+    # 2.5 - 2.15. A stored compile goes through the (local) FX graph cache so that its entry can
+    # be captured; one that is not stored caches nothing.
+    config: dict[str, Any] = {"fx_graph_remote_cache": False}
+    if persist:
+        config["fx_graph_cache"] = True
+    else:
+        config["force_disable_caches"] = True
+    return config
+
+
+def check_compiler_config(config: Mapping[str, Any]) -> list[str]:
+    """Problems of an Inductor config patch: unknown options and values of another type than
+    the option's default (a bool option given a string, say). Nested options use dots."""
+    import torch._inductor.config as inductor_config
+
+    # ConfigModule._config (torch 2.5 - 2.15): every option by dotted name; its values are
+    # _ConfigEntry records with a .default from 2.6, the defaults themselves on 2.5
+    entries = getattr(inductor_config, "_config", None)
+    problems: list[str] = []
+    for name, value in config.items():
+        if not isinstance(entries, dict):
+            if not hasattr(inductor_config, name):
+                problems.append(f"{name!r} is not an Inductor config option")
+            continue
+        if name not in entries:
+            problems.append(f"{name!r} is not an Inductor config option")
+            continue
+        default = getattr(entries[name], "default", entries[name])
+        if default is None or value is None:
+            continue
+        expected = type(default)
+        if expected is bool and not isinstance(value, bool):
+            problems.append(f"{name!r} takes true or false, got {value!r}")
+        elif expected in (int, float) and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            problems.append(f"{name!r} takes a number, got {value!r}")
+        elif expected is str and not isinstance(value, str):
+            problems.append(f"{name!r} takes a string, got {value!r}")
+    return problems
+
+
 @contextlib.contextmanager
 def private_kernel_cache(directory: str) -> Iterator[None]:
     # Inductor reads TORCHINDUCTOR_CACHE_DIR (and Triton TRITON_CACHE_DIR) on every use, torch
@@ -189,12 +244,7 @@ def private_kernel_cache(directory: str) -> Iterator[None]:
 
     clear_inductor_caches()
     try:
-        with patch_environ(
-            {
-                "TORCHINDUCTOR_CACHE_DIR": os.path.join(directory, "inductor"),
-                "TRITON_CACHE_DIR": os.path.join(directory, "triton"),
-            }
-        ):
+        with patch_environ(kernel_cache_environment(directory)):
             yield
     finally:
         clear_inductor_caches()

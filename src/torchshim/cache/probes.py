@@ -1,0 +1,78 @@
+"""Probe records: machine facts Inductor probes for at start-up (the CPU vector ISA), kept in a
+store under ``probes/``, keyed by everything they depend on (the fingerprint).
+
+A probe record changes what code Inductor generates, so it is trusted like an entry: in a shared
+store it is used only when signed with ``TORCHSHIM_CACHE_KEY``; with a key set, an unsigned or
+badly signed record is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from torchshim.cache.files import UnsafePath, atomic_write, read_file_at
+from torchshim.cache.manifest import payload
+from torchshim.cache.trust import sign, signature_verifies
+from torchshim.errors import CacheDirError
+
+if TYPE_CHECKING:
+    from torchshim.cache.store import CacheStore
+
+__all__ = ["read_probes", "write_probes"]
+
+log = logging.getLogger(__name__)
+
+_LIMIT = 64 << 10
+
+
+def _name(fingerprint: str) -> str:
+    return f"{hashlib.sha256(fingerprint.encode()).hexdigest()[:32]}.json"
+
+
+def read_probes(store: CacheStore, fingerprint: str) -> dict[str, bool]:
+    """The answers recorded for ``fingerprint``; empty when none, unreadable, for another
+    fingerprint, unsigned where a signature is required, or not verifying."""
+    if not store.enabled:
+        return {}
+    if store.shared and store.key is None:
+        return {}  # anyone of the group could have written it
+    try:
+        with store._opened("probes") as fd:
+            if fd is None:
+                return {}
+            record: Any = json.loads(read_file_at(fd, _name(fingerprint), _LIMIT))
+    except (OSError, ValueError, UnicodeDecodeError, CacheDirError, UnsafePath):
+        return {}
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return {}
+    results = record.get("results")
+    if not isinstance(results, dict):
+        return {}
+    if store.key is not None and not signature_verifies(
+        store.key, payload(record), record.get("signature")
+    ):
+        log.warning("ignoring probe record %s: its signature does not verify", _name(fingerprint))
+        return {}
+    return {str(k): v for k, v in results.items() if isinstance(v, bool)}
+
+
+def write_probes(store: CacheStore, fingerprint: str, results: Mapping[str, bool]) -> None:
+    """Record answers for ``fingerprint`` (atomically; nothing where read-only or untrusted)."""
+    if not (store.enabled and store.writable) or not results:
+        return
+    record: dict[str, Any] = {"fingerprint": fingerprint, "results": dict(results)}
+    if store.key is not None:
+        record["signature"] = sign(store.key, payload(record))
+    path = store.root / "probes" / _name(fingerprint)
+    try:
+        atomic_write(path, json.dumps(record, sort_keys=True).encode())
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o640 if store.shared else 0o600)
+    except OSError as exc:
+        log.debug("could not record probe answers in %s: %s", path, exc)

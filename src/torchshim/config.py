@@ -1,0 +1,260 @@
+"""Every ``TORCHSHIM_*`` variable the library reads, read here and nowhere else.
+
+Each variable is read when it is first needed (so a process may set it before that), validated,
+and a bad value is one :class:`~torchshim.errors.ConfigError` that names the variable, what it
+holds and the accepted form. :func:`check_environment` validates all of them at once: the CLI and
+the backend call it before anything expensive starts, so a typo fails in one line rather than
+inside a Dynamo trace.
+
+One spelling of a switch everywhere: ``1``, ``true``, ``yes``, ``on`` mean on; ``0``, ``false``,
+``no``, ``off`` and the empty string mean off; anything else is an error.
+
+This module imports nothing from torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from torchshim.errors import ConfigError
+
+__all__ = [
+    "ADAPTOR_NAMES",
+    "VARIABLES",
+    "AdaptorName",
+    "Variable",
+    "adaptor",
+    "allow_untested",
+    "cache_dir",
+    "cache_key",
+    "cache_shared",
+    "check_environment",
+    "compile_sizes",
+    "compiler_config",
+    "lock_timeout",
+    "parse_compile_sizes",
+    "parse_flag",
+    "parse_lock_timeout",
+    "rank",
+    "strict",
+]
+
+#: The adaptors a user can name; ``auto`` picks standalone where torch has it, else inductor.
+AdaptorName = Literal["auto", "inductor", "inductor_standalone", "eager"]
+ADAPTOR_NAMES: tuple[str, ...] = get_args(AdaptorName)
+
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"0", "false", "no", "off", ""})
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, the accepted form and what it means (for the README
+    and for error messages)."""
+
+    name: str
+    form: str
+    meaning: str
+
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        Variable(
+            "TORCHSHIM_CACHE_DIR",
+            "a directory path",
+            "the cache directory (default: the user's cache directory, ~/.cache/torchshim)",
+        ),
+        Variable(
+            "TORCHSHIM_COMPILE_SIZES",
+            "comma-separated batch sizes >= 1, e.g. 1,2,4,8",
+            "served batch sizes, each compiled on its own",
+        ),
+        Variable(
+            "TORCHSHIM_ADAPTOR",
+            "one of " + ", ".join(ADAPTOR_NAMES),
+            "which compiler the backend uses (auto: standalone where torch has it, else inductor)",
+        ),
+        Variable(
+            "TORCHSHIM_COMPILER_CONFIG",
+            'a JSON object of Inductor config options, e.g. {"max_autotune": false}',
+            "Inductor config patches for every compile (part of the key)",
+        ),
+        Variable(
+            "TORCHSHIM_RANK",
+            "an integer >= 0",
+            "this process's rank: one cache sub-directory (rank_<n>) per rank",
+        ),
+        Variable(
+            "TORCHSHIM_LOCK_TIMEOUT",
+            "a finite number of seconds >= 0, e.g. 600",
+            "how long to wait for another process compiling the same graph before compiling "
+            "uncached (default 600)",
+        ),
+        Variable(
+            "TORCHSHIM_CACHE_SHARED",
+            "a switch: 1/true/yes/on or 0/false/no/off",
+            "the cache directory is shared on purpose by several users or containers",
+        ),
+        Variable(
+            "TORCHSHIM_CACHE_KEY",
+            "any non-empty secret text",
+            "sign entries (HMAC-SHA256); entries that do not verify are misses",
+        ),
+        Variable(
+            "TORCHSHIM_STRICT",
+            "a switch: 1/true/yes/on or 0/false/no/off",
+            "raise CacheCorruptionError on a bad entry instead of treating it as a miss",
+        ),
+        Variable(
+            "TORCHSHIM_ALLOW_UNTESTED",
+            "a switch: 1/true/yes/on or 0/false/no/off",
+            "use the newest shim on a torch newer than every supported series",
+        ),
+    )
+}
+
+
+def _raw(name: str) -> str:
+    return os.environ.get(name, "")
+
+
+def _error(name: str, value: str, problem: str = "") -> ConfigError:
+    form = VARIABLES[name].form
+    detail = f" ({problem})" if problem else ""
+    return ConfigError(
+        f"{name}={value!r} is not valid{detail}; it takes {form}. Fix or unset the variable."
+    )
+
+
+def parse_flag(name: str, text: str) -> bool:
+    """A switch's value, the same spellings for every switch."""
+    value = text.strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise _error(name, text)
+
+
+def parse_compile_sizes(text: str, name: str = "TORCHSHIM_COMPILE_SIZES") -> tuple[int, ...]:
+    """``"1,2,4,8"`` -> ``(1, 2, 4, 8)``; an empty entry, a non-integer or a size < 1 is an
+    error (``1,,2`` is a typo, not "1 and 2")."""
+    stripped = text.strip()
+    if not stripped:
+        return ()
+    sizes: list[int] = []
+    for part in stripped.split(","):
+        item = part.strip()
+        if not item:
+            raise _error(name, text, "an empty entry")
+        try:
+            size = int(item)
+        except ValueError:
+            raise _error(name, text, f"{item!r} is not an integer") from None
+        if size < 1:
+            raise _error(name, text, f"{size} is not >= 1")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def parse_lock_timeout(text: str, name: str = "TORCHSHIM_LOCK_TIMEOUT") -> float:
+    stripped = text.strip()
+    if not stripped:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(stripped)
+    except ValueError:
+        raise _error(name, text, "not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise _error(name, text, "it must be finite and >= 0")
+    return value
+
+
+def cache_dir() -> Path | None:
+    """``TORCHSHIM_CACHE_DIR`` (``~`` expanded), or ``None`` when unset or empty."""
+    text = _raw("TORCHSHIM_CACHE_DIR").strip()
+    if not text:
+        return None
+    if "\x00" in text:
+        raise _error("TORCHSHIM_CACHE_DIR", text, "it contains a NUL character")
+    return Path(text).expanduser()
+
+
+def compile_sizes() -> tuple[int, ...]:
+    return parse_compile_sizes(_raw("TORCHSHIM_COMPILE_SIZES"))
+
+
+def adaptor() -> AdaptorName:
+    text = _raw("TORCHSHIM_ADAPTOR").strip() or "auto"
+    if text not in ADAPTOR_NAMES:
+        raise _error("TORCHSHIM_ADAPTOR", text)
+    chosen: AdaptorName = text  # type: ignore[assignment]  # checked against the Literal above
+    return chosen
+
+
+def compiler_config() -> dict[str, Any]:
+    text = _raw("TORCHSHIM_COMPILER_CONFIG")
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _error("TORCHSHIM_COMPILER_CONFIG", text, f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _error("TORCHSHIM_COMPILER_CONFIG", text, "not a JSON object")
+    return value
+
+
+def rank() -> int | None:
+    text = _raw("TORCHSHIM_RANK").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise _error("TORCHSHIM_RANK", text, "not an integer") from None
+    if value < 0:
+        raise _error("TORCHSHIM_RANK", text, "negative")
+    return value
+
+
+def lock_timeout() -> float:
+    return parse_lock_timeout(_raw("TORCHSHIM_LOCK_TIMEOUT"))
+
+
+def cache_shared() -> bool:
+    return parse_flag("TORCHSHIM_CACHE_SHARED", _raw("TORCHSHIM_CACHE_SHARED"))
+
+
+def cache_key() -> bytes | None:
+    value = _raw("TORCHSHIM_CACHE_KEY")
+    return value.encode() if value else None
+
+
+def strict() -> bool:
+    return parse_flag("TORCHSHIM_STRICT", _raw("TORCHSHIM_STRICT"))
+
+
+def allow_untested() -> bool:
+    return parse_flag("TORCHSHIM_ALLOW_UNTESTED", _raw("TORCHSHIM_ALLOW_UNTESTED"))
+
+
+def check_environment() -> None:
+    """Validate every ``TORCHSHIM_*`` variable now (one :class:`ConfigError` for the first bad
+    one). Unknown ``TORCHSHIM_*`` names are left alone: other tools (tests, CI) use the prefix."""
+    cache_dir()
+    compile_sizes()
+    adaptor()
+    compiler_config()
+    rank()
+    lock_timeout()
+    cache_shared()
+    strict()
+    allow_untested()

@@ -8,11 +8,15 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torchshim.errors import CacheDirError, TorchShimError
+from torchshim.errors import CacheDirError, DemoError, TorchShimError
+
+if TYPE_CHECKING:
+    from torchshim.demo import DemoCache
 
 __all__ = ["main"]
 
@@ -50,24 +54,78 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix_render(args: argparse.Namespace) -> int:
-    from torchshim.matrix import load_results, render
+    from torchshim.matrix import (
+        data_document,
+        load_results,
+        merge_results,
+        read_data,
+        render,
+        write_result,
+    )
+    from torchshim.shims import SUPPORTED_SERIES
 
-    results = load_results(Path(args.results))
-    if not results:
+    def error(message: str) -> int:
+        print(f"torchshim: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        new = load_results(Path(args.results))
+    except ValueError as exc:
+        return error(f"cannot read the env results: {exc}")
+    if not new:
         print(f"no results under {args.results}; run the tox series envs first", file=sys.stderr)
         return 2
-    text = render(results)
     out = Path(args.out)
+    data = Path(args.data) if args.data else out.with_name("matrix.json")
+    for target, option in ((out, "--out"), (data, "--data")):
+        if not target.parent.is_dir():
+            return error(
+                f"cannot write {target}: {target.parent} is not an existing directory. Pass "
+                f"{option} a file in an existing, writable directory."
+            )
+    kept: list[str] = []
+    results = new
+    if not args.replace:
+        have = {str(r["series"]) for r in new}
+        missing = [str(s) for s in SUPPORTED_SERIES if str(s) not in have]
+        try:
+            previous = read_data(data)
+        except FileNotFoundError:
+            previous = None
+            why = f"there is no {data}"
+        except ValueError as exc:
+            previous = None
+            why = str(exc)
+        if previous is not None:
+            results, kept = merge_results(previous, new)
+        elif missing:
+            return error(
+                f"{why}, so the rows of the series without a new result "
+                f"({', '.join(missing)}) cannot be kept and would be dropped from {out}. Pass "
+                "--replace to render only the new results (and start a new "
+                f"{data.name}), or render the results of every series."
+            )
     try:
-        out.write_text(text, encoding="utf-8")
+        out.write_text(render(results, kept), encoding="utf-8")
     except OSError as exc:
-        print(
-            f"torchshim: error: cannot write {out}: {exc.strerror or exc}. Pass --out a file in "
-            "an existing, writable directory.",
-            file=sys.stderr,
+        return error(
+            f"cannot write {out}: {exc.strerror or exc}. Pass --out a file in an existing, "
+            "writable directory."
         )
-        return 2
-    print(f"wrote {out} from {len(results)} env result(s)")
+    try:
+        write_result(data, data_document(results, kept))
+    except OSError as exc:
+        return error(
+            f"wrote {out} but cannot write {data}: {exc.strerror or exc}; the next render "
+            "cannot keep rows without a new result. Pass --data a writable file."
+        )
+    kept_text = ""
+    if kept:
+        dated = {str(r["env"]): r.get("date", "?") for r in results}
+        kept_text = "; kept without a new result: " + ", ".join(
+            f"{env} ({dated[env]})" for env in kept
+        )
+    print(f"wrote {out} and {data} from {len(new)} new env result(s){kept_text}")
     return 0
 
 
@@ -105,21 +163,42 @@ def _human(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
-def _stores(directory: str | None) -> list[Any]:
-    from torchshim.cache import CacheStore, default_cache_dir
+def _stores(directory: str | None, *, write: bool = True) -> list[Any]:
+    """The stores at ``directory``: the store itself, or one per rank of a backend's directory.
+    Never creates anything: a directory that is not a cache is an error naming the caches below
+    it, if any (``write=False``: a read-only look, abandoned temporaries are left alone)."""
+    from torchshim.cache import TAG, CacheStore, default_cache_dir
 
-    root = Path(directory).expanduser() if directory else default_cache_dir()
+    root = (Path(directory).expanduser() if directory else default_cache_dir()).absolute()
     if not root.is_dir():
-        raise CacheDirError(f"no cache directory at {root}; pass --cache-dir")
-    if (root / "entries").is_dir():
+        raise CacheDirError(
+            f"no cache directory at {root}"
+            + ("; pass --cache-dir" if not directory else " (it does not exist or is a file)")
+        )
+    if (root / TAG).exists():
         roots = [root]
     else:  # a backend's cache_dir: one store per rank
-        roots = sorted(p for p in root.glob("rank_*") if p.is_dir()) or [root]
-    return [CacheStore(r, create=False) for r in roots]
+        roots = sorted(p for p in root.glob("rank_*") if (p / TAG).is_file())
+    if not roots:
+        below = sorted(
+            {p.parent for p in root.glob(f"*/{TAG}")} | {p.parent for p in root.glob(f"*/*/{TAG}")}
+        )
+        hint = ""
+        if below:
+            shown = ", ".join(str(p) for p in below[:4]) + (" ..." if len(below) > 4 else "")
+            parents = sorted({p.parent for p in below if p.name.startswith("rank_")})
+            hint = f"; caches below it: {shown}"
+            if parents:
+                hint += f" (pass --cache-dir {parents[0]} for all its ranks)"
+        raise CacheDirError(
+            f"{root} is not a torchshim cache (it holds no {TAG} and no rank_<n> caches)"
+            f"{hint}. Nothing was changed."
+        )
+    return [CacheStore.open_existing(r, maintain=write) for r in roots]
 
 
 def _cmd_cache_info(args: argparse.Namespace) -> int:
-    for store in _stores(args.cache_dir):
+    for store in _stores(args.cache_dir, write=False):
         entries = store.entries()
         quarantined = (
             len(list((store.root / "quarantine").iterdir()))
@@ -147,15 +226,30 @@ def _cmd_cache_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_verify(args: argparse.Namespace) -> int:
+    from torchshim.cache.manifest import UNSIGNED
+
     bad_total = 0
     for store in _stores(args.cache_dir):
         entries = store.entries()
-        bad = store.verify_all() if store.enabled else []
+        found = store.verify_all(args.quarantine_unsigned) if store.enabled else []
+        unsigned = [(i, p) for i, p in found if p == UNSIGNED]
+        bad = [(i, p) for i, p in found if p != UNSIGNED]
         bad_total += len(bad)
-        print(f"{store.root}: {len(entries)} entries checked, {len(bad)} bad")
+        state = "" if store.enabled else f" (NOT used: {store.reason})"
+        print(
+            f"{store.root}: {len(entries)} entries checked, {len(bad)} bad, "
+            f"{len(unsigned)} unsigned{state}"
+        )
         for entry_id, problem in bad:
             where = "quarantined" if store.writable else "left in place (read-only)"
             print(f"  {entry_id}: {problem} ({where})")
+        for entry_id, _problem in unsigned:
+            where = (
+                "quarantined"
+                if args.quarantine_unsigned and store.writable
+                else "kept; --quarantine-unsigned moves it aside"
+            )
+            print(f"  {entry_id}: unsigned, a miss while TORCHSHIM_CACHE_KEY is set ({where})")
     return 1 if bad_total else 0
 
 
@@ -183,7 +277,7 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
 def _cmd_cache_explain(args: argparse.Namespace) -> int:
     from torchshim.explain import explain
 
-    lines, differ = explain(_stores(args.cache_dir), args.entry_a, args.entry_b)
+    lines, differ = explain(_stores(args.cache_dir, write=False), args.entry_a, args.entry_b)
     for line in lines:
         print(line)
     return 1 if differ else 0
@@ -194,9 +288,14 @@ def _cell(value: Any) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from torchshim.demo import run_demo
+    from torchshim.config import check_environment
+    from torchshim.demo import (
+        check_adaptor,
+        check_device,
+        check_output_file,
+        prepare_cache,
+        release_cache,
+    )
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -209,23 +308,79 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not sizes or any(s < 1 for s in sizes):
         print("torchshim: error: --sizes needs at least one batch size >= 1", file=sys.stderr)
         return 2
-    base = (
-        Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="torchshim-demo-"))
+    # everything a worker would trip over, checked before one starts (each a DemoError or
+    # ConfigError: one line from main)
+    check_environment()
+    check_device(args.device)
+    check_adaptor(args.adaptor)
+    json_out = Path(args.json).expanduser().absolute() if args.json else None
+    if json_out is not None:
+        check_output_file(json_out)
+    cache = prepare_cache(
+        Path(args.cache_dir) if args.cache_dir else None,
+        args.adaptor,
+        args.device,
+        fresh=args.fresh,
     )
-    cache = base / f"demo-{args.adaptor}-{args.device}"
+    completed = False
+    try:
+        code = _run_demo_and_report(args, sizes, cache, json_out)
+        completed = True
+    finally:
+        release_cache(cache, completed=completed)
+    return code
+
+
+def _run_demo_and_report(
+    args: argparse.Namespace, sizes: list[int], cache: DemoCache, json_out: Path | None
+) -> int:
+    from torchshim.demo import run_demo
+
     start = time.time()
+    eager = args.adaptor == "eager"
 
     def progress(line: str) -> None:
         # torchshim's own progress lines; Inductor's autotuning chatter only with -v
         if line.strip() and (args.verbose or "torchshim" in line or line.startswith("[")):
             print(f"[{time.time() - start:6.1f} s] {line.strip()}", flush=True)
 
+    kept = (
+        "a temporary directory, removed at exit; pass --cache-dir DIR to keep it"
+        if cache.temporary is not None
+        else "--cache-dir: kept"
+    )
     print(
         f"torchshim demo: a small transformer, {args.device}, adaptor {args.adaptor}, "
-        f"served batch sizes {sizes}; cache {cache}",
+        f"served batch sizes {sizes}; cache {cache.path} ({kept})",
         flush=True,
     )
-    result = run_demo(cache, sizes, args.adaptor, args.device, progress)
+    first_warm = cache.earlier_run
+    if cache.cleared:
+        print(
+            f"--fresh: removed this demo's earlier cache at {cache.path}; the first start is cold"
+        )
+    elif first_warm and eager:
+        print(
+            f"the cache at {cache.path} is left from an earlier run of this demo; eager stores "
+            "no entries, so every start is warm (traced again, nothing compiled or loaded); "
+            "pass --fresh to clear it",
+            flush=True,
+        )
+    elif first_warm:
+        print(
+            f"the cache at {cache.path} already holds this demo's entries: the first start is "
+            "warm too; pass --fresh to start cold",
+            flush=True,
+        )
+    result = run_demo(
+        cache.path,
+        sizes,
+        args.adaptor,
+        args.device,
+        progress,
+        first_warm=first_warm,
+        traceback=args.verbose,
+    )
     cold, warm = result.cold, result.warm
     rows = [
         (
@@ -241,27 +396,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ("FX-graph-cache misses", cold["fx_misses"], warm["fx_misses"]),
         ("max |error| vs eager", max(cold["max_err"].values()), max(warm["max_err"].values())),
     ]
+    if eager:
+        rows.insert(
+            5,
+            (
+                "graphs run uncompiled (eager)",
+                cold["stats"].get("eager", 0),
+                warm["stats"].get("eager", 0),
+            ),
+        )
+    first, second = ("first", "second") if first_warm else ("cold", "warm")
     print()
-    print(f"{'':42} {'cold':>12} {'warm':>12}")
+    print(f"{'':42} {first:>12} {second:>12}")
     for name, a, b in rows:
         print(f"{name:42} {_cell(a)} {_cell(b)}")
-    speedup = cold["start_to_ready_s"] / max(warm["start_to_ready_s"], 1e-9)
-    print(f"{'warm start speed-up over cold':42} {speedup:11.1f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cold": cold, "warm": warm}, indent=1))
+    if eager:
+        print(
+            "eager compiles and stores nothing: a warm start traces again with Dynamo and runs "
+            "the graphs uncompiled (0 compiled, 0 kernel builds, 0 FX-graph-cache misses); "
+            "there is nothing to load"
+        )
+    elif first_warm:
+        print("both starts were warm (the cache held this demo's entries): no speed-up to show")
+    else:
+        speedup = cold["start_to_ready_s"] / max(warm["start_to_ready_s"], 1e-9)
+        print(f"{'warm start speed-up over cold':42} {speedup:11.1f}x")
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps({"cold": cold, "warm": warm}, indent=1))
+        except OSError as exc:
+            raise DemoError(f"cannot write --json {json_out}: {exc.strerror or exc}") from exc
     if not result.ok:
         for problem in result.problems:
             print(f"FAILED: {problem}", file=sys.stderr)
         return 1
-    print("ok: the warm start compiled nothing and both starts match eager")
+    if eager:
+        print(
+            "ok: the warm start compiled nothing (eager: nothing to load) and both starts match eager"
+        )
+    else:
+        print("ok: the warm start compiled nothing and both starts match eager")
     return 0
 
 
 def _demo_worker(argv: Sequence[str]) -> int:
-    """``torchshim _demo-worker ...``: one start of the demo, run by ``torchshim demo``."""
-    from torchshim.demo import worker_main
+    """``torchshim _demo-worker ...``: one start of the demo, run by ``torchshim demo``. A
+    failure is one JSON error record on stdout (its type and message) and exit status 1, so the
+    parent can name the cause; the traceback goes to stderr with ``--traceback``."""
+    from torchshim.demo import error_record, worker_main
 
-    print(json.dumps(worker_main(argv)), flush=True)
+    try:
+        record = worker_main(argv)
+    except Exception as exc:
+        if "--traceback" in argv:
+            traceback.print_exc()
+        print(json.dumps(error_record(exc)), flush=True)
+        return 1
+    print(json.dumps(record), flush=True)
     return 0
 
 
@@ -284,6 +475,17 @@ def _parser() -> argparse.ArgumentParser:
     render = matrix_sub.add_parser("render", help="render matrix/MATRIX.md from env results")
     render.add_argument("--results", default="matrix/results", help="folder of <env>.json files")
     render.add_argument("--out", default="matrix/MATRIX.md", help="markdown file to write")
+    render.add_argument(
+        "--data",
+        default=None,
+        help="the rendered results with their dates, read to keep the rows of envs without a "
+        "new result and rewritten (default: matrix.json next to --out)",
+    )
+    render.add_argument(
+        "--replace",
+        action="store_true",
+        help="render only the new results, dropping the rows of envs without one",
+    )
     render.set_defaults(func=_cmd_matrix_render)
 
     demo = sub.add_parser(
@@ -296,7 +498,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--adaptor", choices=["auto", "inductor", "inductor_standalone", "eager"], default="auto"
     )
-    demo.add_argument("--cache-dir", default=None, help="where to keep the cache (default: temp)")
+    demo.add_argument(
+        "--cache-dir",
+        default=None,
+        help="keep the cache in DIR/demo-<adaptor>-<device> (created if missing; a re-run "
+        "starts warm from it); default: a temporary directory, removed at exit",
+    )
+    demo.add_argument(
+        "--fresh",
+        action="store_true",
+        help="clear this demo's sub-directory of --cache-dir first, so the first start is cold",
+    )
     demo.add_argument("--json", default=None, help="also write both records to this file")
     demo.set_defaults(func=_cmd_demo)
 
@@ -318,10 +530,15 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument(
         "--entries", dest="verbose_entries", action="store_true", help="list every entry"
     )
-    cache_command(
+    verify = cache_command(
         "verify",
         "check every entry's files against its manifest; quarantine bad ones (exit 1 if any)",
         _cmd_cache_verify,
+    )
+    verify.add_argument(
+        "--quarantine-unsigned",
+        action="store_true",
+        help="with TORCHSHIM_CACHE_KEY set, also move intact unsigned entries aside",
     )
     prune = cache_command("prune", "evict least-recently-used entries", _cmd_cache_prune)
     prune.add_argument("--max-size", type=_parse_size, default=None, help="e.g. 500M, 10G")
@@ -345,14 +562,25 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_demo-worker"]:
-        return _demo_worker(argv[1:])
+        try:
+            return _demo_worker(argv[1:])
+        except KeyboardInterrupt:  # the demo's parent kills its worker; say nothing
+            return 130
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        from torchshim.config import check_environment
+
+        check_environment()  # a bad TORCHSHIM_* variable: one line, before any work
         code: int = args.func(args)
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C: commands clean up on the way out (the demo kills its worker)
+        print("torchshim: interrupted", file=sys.stderr)
+        return 130
     except TorchShimError as exc:
         print(f"torchshim: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ __all__ = [
     "CacheDirError",
     "CacheLockTimeout",
     "CapabilityUnavailable",
+    "ConfigError",
+    "DemoError",
     "ForeignHandleError",
     "HandleFormatError",
     "LoadError",
@@ -69,6 +71,11 @@ class PatchTargetMissing(TorchShimError, AttributeError):
     """A scoped patch was asked to replace an attribute that does not exist (the hook moved)."""
 
 
+class ConfigError(TorchShimError, ValueError):
+    """A setting (a ``TORCHSHIM_*`` variable, a backend option, a compiler config) is invalid; the
+    message names it, what it holds and the accepted form."""
+
+
 class UnknownAdaptorError(TorchShimError, ValueError):
     """make_adaptor() was given a name it does not know."""
 
@@ -111,3 +118,9 @@ class ArtifactMissingError(LoadError, FileNotFoundError):
 
 class ArtifactUnreadableError(LoadError):
     """The artifact exists but cannot be read or loaded (truncated, corrupt, unreadable)."""
+
+
+class DemoError(TorchShimError, RuntimeError):
+    """``torchshim demo`` cannot run or did not finish: an unusable option (device, cache
+    directory, output file) found before any worker starts, or a worker that failed (the message
+    carries the worker's exception type and message)."""

@@ -1,18 +1,60 @@
-"""``StoredCompiler``: a compiler whose every compile becomes one cache-store entry."""
+"""``StoredCompiler``: a compiler whose every compile becomes one cache-store entry, and the rules
+that make a compiled graph the same in every process (one graph after a compile and a load, no
+guard leaked into Dynamo, nothing tuned at load)."""
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from torchshim.adaptors.base import CompiledCallable, CompilerInterface
-from torchshim.adaptors.graphs import graph_digest
+from torchshim.adaptors.graphs import graph_digest, parameter_constants
 from torchshim.adaptors.handles import CACHE_FORMAT_VERSION, Handle
+from torchshim.errors import (
+    AdaptorConfigError,
+    ArtifactMissingError,
+    ArtifactUnreadableError,
+    ForeignHandleError,
+    TorchShimError,
+    UnsupportedGraphError,
+)
+from torchshim.shims import GraphInputs, IsolatedCompile, active
 
 __all__ = ["StoredCompiler"]
+
+log = logging.getLogger(__name__)
+
+_warned_float_graphs: set[tuple[str, tuple[str, ...]]] = set()
+_warned: set[str] = set()
+
+
+def _warn_once(token: str, message: str) -> None:
+    if token not in _warned:
+        _warned.add(token)
+        log.warning("%s", message)
+
+
+def _warn_float_symbols(adaptor: str, symbols: tuple[str, ...]) -> None:
+    """Say once per graph shape why a graph with symbolic Python floats is a problem for caching."""
+    key = (adaptor, symbols)
+    if key in _warned_float_graphs:
+        return
+    _warned_float_graphs.add(key)
+    log.warning(
+        "%s: the graph has Python floats as symbolic inputs (%s), as Dynamo traces them unless "
+        "floats are specialised. A compiling process would end with another graph than a "
+        "loading process gets, so cached entries would never be found: torchshim asks Dynamo to "
+        "re-trace with these floats specialised. Capture under `with torchshim.capture_config():` "
+        "(torch._dynamo.config.specialize_float=True), as torchshim's backend does, to trace "
+        "once.",
+        adaptor,
+        ", ".join(symbols),
+    )
 
 
 class StoredCompiler(CompilerInterface):
@@ -22,6 +64,160 @@ class StoredCompiler(CompilerInterface):
     Subclasses provide :meth:`_compile` and :meth:`_load`."""
 
     handle_type: ClassVar[type[Handle]] = Handle
+
+    def _entry_meta(self, handle: Handle, key: str) -> dict[str, Any]:
+        return {
+            "build": self._current_hash(),
+            "adaptor": self.name,
+            "runtime_shape": handle.runtime_shape,
+            "handle": handle.to_json(),
+            "factors": self.compute_hash_factors(),
+            "key": key,
+            **self.extra_meta,
+        }
+
+    def _checkout(self, handle: Handle, graph_index: int) -> Path:
+        """A verified private copy of the handle's entry (the files a load reads and imports)."""
+        base = self._require_cache()
+        store = self.store
+        entry = str(getattr(handle, "entry", ""))
+        if store is None or not store.enabled:
+            raise ArtifactMissingError(
+                f"graph {graph_index}: the cache directory {base} is not in use "
+                f"({store.reason if store else 'no store'}); recompile"
+            )
+        existed = store.exists(entry)
+        copy = store.checkout(entry, {"build": self._current_hash()})
+        if copy is None:
+            if existed:
+                raise ArtifactUnreadableError(
+                    f"graph {graph_index}: cache entry {entry} failed verification and was moved "
+                    f"aside (see {base / 'quarantine'}); treat it as a miss and recompile"
+                )
+            raise ArtifactMissingError(
+                f"graph {graph_index}: cache entry {entry} is not in {base}: it was pruned, never "
+                "copied with the cache directory, or belongs to another torch build. Treat it as "
+                "a miss and recompile."
+            )
+        return copy
+
+    # -- hashing -------------------------------------------------------------------------------
+    def _compile_config(
+        self, compiler_config: dict[str, Any] | None, runtime_shape: int | None
+    ) -> dict[str, Any]:
+        """The caller's Inductor config, tuned harder for a specific size (compiled once, served
+        often: ``max_autotune``) unless the caller says otherwise.
+
+        Not coordinate-descent tuning, unlike the reference design: Inductor runs it at the first
+        call of a kernel, and a process that loads the kernel runs it again (pytorch/pytorch#172819,
+        measured in matrix/GPU.md), so a loaded graph would tune, rebuild Triton kernels and write
+        tuning results at load. A caller who asks for it gets it, with a warning."""
+        config = dict(compiler_config or {})
+        if isinstance(runtime_shape, int):
+            config.setdefault("max_autotune", True)
+        config.update(active().module.artifact_config())
+        if config.get("coordinate_descent_tuning"):
+            _warn_once(
+                "coordesc",
+                "coordinate_descent_tuning=True: Inductor tunes at the first call, also in "
+                "every process that loads the graph (pytorch/pytorch#172819), so loads of these "
+                "graphs re-tune and rebuild kernels",
+            )
+        return config
+
+    def _same_graph_everywhere(self, graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:
+        """Describe the graph's inputs; inside a Dynamo trace, first have Dynamo re-trace a graph
+        that carries Python floats as inputs with them specialised, in compiling and loading
+        processes alike, so that both end with the same graph."""
+        shim = active().module
+        described = shim.describe_graph_inputs(graph, example_inputs)
+        if described.float_symbols:
+            _warn_float_symbols(self.name, described.float_symbols)
+            if shim.in_tracing_context():
+                shim.specialize_float_inputs(graph)  # raises Dynamo's restart
+        return described
+
+    def _passthrough(self) -> tuple[type[BaseException], ...]:
+        """Exceptions a compile lets through untouched: torchshim's own and Dynamo's control
+        flow (a request to re-trace is never a rejected graph)."""
+        return (TorchShimError, *active().module.dynamo_control_flow())
+
+    def _compile_inputs(
+        self, graph: Any, example_inputs: Sequence[Any], runtime_shape: int | None
+    ) -> contextlib.AbstractContextManager[IsolatedCompile]:
+        """Fake inputs in a shape environment of their own (Dynamo's is never touched), with the
+        batch symbol bound to ``runtime_shape`` when the compile is specialised."""
+        shim = active().module
+        described = self._same_graph_everywhere(graph, example_inputs)
+        bindings: dict[str, int] = {}
+        if isinstance(runtime_shape, int):
+            if isinstance(runtime_shape, bool) or runtime_shape < 0:
+                raise AdaptorConfigError(
+                    f"runtime_shape must be None (general) or a batch size >= 0, got "
+                    f"{runtime_shape!r}"
+                )
+            if described.batch_symbol is not None:
+                bindings[described.batch_symbol] = runtime_shape
+        return shim.isolated_inputs(graph, example_inputs, bindings)
+
+    def _accept_guards(
+        self,
+        guards: Sequence[str],
+        graph: Any,
+        example_inputs: Sequence[Any],
+        runtime_shape: int | None,
+    ) -> bool:
+        """Whether a compile that made Inductor assume ``guards`` can be used. A specialised
+        compile must not depend on any size but the batch (it would serve calls those guards do
+        not hold for, and Dynamo's frame must not be guarded by it); a general one makes
+        Dynamo guard on them here, as a loading process will."""
+        if not guards:
+            return True
+        if isinstance(runtime_shape, int):
+            log.warning(
+                "%s: specialising for batch size %d made Inductor assume conditions on other "
+                "input sizes (%d guard(s), e.g. %s); not using it, the general graph serves that "
+                "size",
+                self.name,
+                runtime_shape,
+                len(guards),
+                guards[0][:120],
+            )
+            return False
+        return active().module.install_guards(graph, example_inputs, guards)
+
+    def _replay_guards(
+        self, handle: Handle, graph: Any, example_inputs: Sequence[Any], graph_index: int
+    ) -> None:
+        guards: tuple[str, ...] = getattr(handle, "guards", ())
+        if not guards:
+            return
+        try:
+            holds = active().module.install_guards(graph, example_inputs, guards)
+        except (ValueError, TypeError) as exc:
+            raise ForeignHandleError(
+                f"graph {graph_index}: the handle's guards cannot be applied to this graph "
+                f"({exc}); recompile"
+            ) from exc
+        if not holds:
+            raise ForeignHandleError(
+                f"graph {graph_index}: the artifact was compiled assuming conditions on the input "
+                "sizes that these inputs do not meet; recompile for them"
+            )
+
+    def _reject_parameter_constants(self, graph: Any) -> None:
+        consts = parameter_constants(graph)
+        if consts:
+            shown = ", ".join(consts[:5]) + (" ..." if len(consts) > 5 else "")
+            raise UnsupportedGraphError(
+                f"{self.name}: the graph reads parameters/buffers as get_attr constants ({shown}). "
+                "Compiled artifacts of such graphs expect them as inputs and would fail when "
+                "called. Lift them to inputs: capture the model with Dynamo (torch.compile "
+                "with a torchshim backend lifts parameters), or trace a function that takes the "
+                "weights as arguments."
+            )
+
+    # -- the contract --------------------------------------------------------------------------
 
     @abc.abstractmethod
     def _compile(

@@ -17,10 +17,10 @@ from typing import Any
 from torchshim.cache.trust import sign, signature_verifies
 
 __all__ = [
+    "BAD_SIGNATURE",
     "MANIFEST",
     "MAX_MANIFEST_BYTES",
     "STORE_FORMAT",
-    "BAD_SIGNATURE",
     "UNSIGNED",
     "build",
     "is_signature_problem",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchshim.config import ADAPTOR_NAMES
 from torchshim.errors import CacheDirError, DemoError, TorchShimError
 
 if TYPE_CHECKING:
@@ -495,9 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     demo.add_argument("--sizes", default="1,2,4,8", help="served batch sizes (default 1,2,4,8)")
-    demo.add_argument(
-        "--adaptor", choices=["auto", "inductor", "inductor_standalone", "eager"], default="auto"
-    )
+    demo.add_argument("--adaptor", choices=list(ADAPTOR_NAMES), default="auto")
     demo.add_argument(
         "--cache-dir",
         default=None,

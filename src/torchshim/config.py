@@ -25,6 +25,7 @@ from torchshim.errors import ConfigError
 
 __all__ = [
     "ADAPTOR_NAMES",
+    "COMPILERS",
     "VARIABLES",
     "AdaptorName",
     "Variable",
@@ -47,6 +48,8 @@ __all__ = [
 #: The adaptors a user can name; ``auto`` picks standalone where torch has it, else inductor.
 AdaptorName = Literal["auto", "inductor", "inductor_standalone", "eager"]
 ADAPTOR_NAMES: tuple[str, ...] = get_args(AdaptorName)
+#: The adaptors themselves (``auto`` is a choice among them).
+COMPILERS: tuple[str, ...] = tuple(n for n in ADAPTOR_NAMES if n != "auto")
 
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"0", "false", "no", "off", ""})

@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 from torchshim._version import TorchSeries, installed_torch_version, parse_series, torch_series
+from torchshim.config import COMPILERS
 from torchshim.shims import REGISTRY, SUPPORTED_SERIES, load_shim_module
 from torchshim.shims._inventory import find_elsewhere, resolve
 
@@ -27,7 +28,7 @@ __all__ = [
     "load_inventory",
 ]
 
-ADAPTOR_NAMES = ("eager", "inductor", "inductor_standalone")
+ADAPTOR_NAMES = COMPILERS
 
 
 class HookStatus(str, enum.Enum):

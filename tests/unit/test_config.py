@@ -147,3 +147,8 @@ def test_cli_with_a_bad_variable_prints_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and "TORCHSHIM_STRICT='maybe'" in lines[0], result.stderr
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert [name for name in config.VARIABLES if f"`{name}" not in readme] == []

@@ -19,6 +19,7 @@ from torchshim.adaptors.handles import (
 from torchshim.adaptors.inductor import InductorAdaptor
 from torchshim.adaptors.machine import machine_probes, warm_up
 from torchshim.adaptors.standalone import InductorStandaloneAdaptor
+from torchshim.config import ADAPTOR_NAMES
 from torchshim.errors import UnknownAdaptorError
 from torchshim.shims import capabilities
 
@@ -43,8 +44,6 @@ __all__ = [
     "parameter_constants",
     "warm_up",
 ]
-
-ADAPTOR_NAMES = ("eager", "inductor", "inductor_standalone", "auto")
 
 
 def make_adaptor(name: str, **kwargs: Any) -> CompilerInterface:

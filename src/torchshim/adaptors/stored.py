@@ -101,7 +101,7 @@ class StoredCompiler(CompilerInterface):
             )
         return copy
 
-    # -- hashing -------------------------------------------------------------------------------
+    # -- graph rules ---------------------------------------------------------------------------
     def _compile_config(
         self, compiler_config: dict[str, Any] | None, runtime_shape: int | None
     ) -> dict[str, Any]:
@@ -112,17 +112,15 @@ class StoredCompiler(CompilerInterface):
         call of a kernel, and a process that loads the kernel runs it again (pytorch/pytorch#172819,
         measured in matrix/GPU.md), so a loaded graph would tune, rebuild Triton kernels and write
         tuning results at load. A caller who asks for it gets it, with a warning."""
+        shim = active().module
         config = dict(compiler_config or {})
         if isinstance(runtime_shape, int):
-            config.setdefault("max_autotune", True)
-        config.update(active().module.artifact_config())
-        if config.get("coordinate_descent_tuning"):
-            _warn_once(
-                "coordesc",
-                "coordinate_descent_tuning=True: Inductor tunes at the first call, also in "
-                "every process that loads the graph (pytorch/pytorch#172819), so loads of these "
-                "graphs re-tune and rebuild kernels",
-            )
+            for name, value in shim.specialised_config().items():
+                config.setdefault(name, value)
+        config.update(shim.artifact_config())
+        why = shim.tunes_at_load(config)
+        if why is not None:
+            _warn_once("tunes-at-load", why)
         return config
 
     def _same_graph_everywhere(self, graph: Any, example_inputs: Sequence[Any]) -> GraphInputs:

@@ -101,6 +101,15 @@ class ShimModule(Protocol):
         """What is wrong with an Inductor config patch (unknown options, wrong value types)."""
         ...
 
+    def specialised_config(self) -> dict[str, Any]:
+        """Inductor config a compile for one batch size gets unless the caller says otherwise."""
+        ...
+
+    def tunes_at_load(self, config: Mapping[str, Any]) -> str | None:
+        """Why a graph compiled with ``config`` would tune again in a loading process, or
+        ``None``."""
+        ...
+
     def private_kernel_cache(self, directory: str) -> AbstractContextManager[None]:
         """Inductor's and Triton's caches in ``directory`` (``inductor/``, ``triton/``) for the
         block, with Inductor's in-memory code caches cleared, so that a compile writes, and a load

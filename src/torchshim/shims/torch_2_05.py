@@ -58,8 +58,10 @@ __all__ = [
     "remote_caches_off",
     "save_compiled_artifact",
     "shape_env_stand_in",
+    "specialised_config",
     "specialize_float_inputs",
     "standalone_compile",
+    "tunes_at_load",
     "warm_up_cpu",
 ]
 
@@ -320,6 +322,24 @@ def artifact_config() -> dict[str, Any]:
     # Upstream: pytorch/pytorch#181292.
     wanted = {"autotune_local_cache": False}
     return {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}
+
+
+def specialised_config() -> dict[str, Any]:
+    # a graph compiled for one batch size is compiled once and served often: tune it harder
+    # (max_autotune exists on 2.5 - 2.15)
+    return {"max_autotune": True}
+
+
+def tunes_at_load(config: Mapping[str, Any]) -> str | None:
+    # coordinate_descent_tuning (2.5 - 2.15) tunes at a kernel's first call, also in a process
+    # that loads the kernel. Upstream: pytorch/pytorch#172819
+    if config.get("coordinate_descent_tuning"):
+        return (
+            "coordinate_descent_tuning=True: Inductor tunes at the first call, also in every "
+            "process that loads the graph (pytorch/pytorch#172819), so loads of these graphs "
+            "re-tune and rebuild kernels"
+        )
+    return None
 
 
 @contextlib.contextmanager

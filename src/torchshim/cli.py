@@ -289,7 +289,6 @@ def _cell(value: Any) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from torchshim.config import check_environment
     from torchshim.demo import (
         check_adaptor,
         check_device,
@@ -309,9 +308,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not sizes or any(s < 1 for s in sizes):
         print("torchshim: error: --sizes needs at least one batch size >= 1", file=sys.stderr)
         return 2
-    # everything a worker would trip over, checked before one starts (each a DemoError or
-    # ConfigError: one line from main)
-    check_environment()
+    # everything a worker would trip over, checked before one starts, each a DemoError (one line
+    # from main); main has checked the TORCHSHIM_* variables already
     check_device(args.device)
     check_adaptor(args.adaptor)
     json_out = Path(args.json).expanduser().absolute() if args.json else None
@@ -575,9 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         check_environment()  # a bad TORCHSHIM_* variable: one line, before any work
         code: int = args.func(args)
-    except (
-        KeyboardInterrupt
-    ):  # Ctrl-C: commands clean up on the way out (the demo kills its worker)
+    except KeyboardInterrupt:
+        # Ctrl-C: commands clean up on the way out (the demo kills its worker, removes its
+        # temporary cache); one line, no traceback
         print("torchshim: interrupted", file=sys.stderr)
         return 130
     except TorchShimError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchshim.config import ADAPTOR_NAMES
+from torchshim.shims import SUPPORTED_SERIES
 from torchshim.errors import CacheDirError, DemoError, TorchShimError
 
 if TYPE_CHECKING:
@@ -458,7 +459,8 @@ def _demo_worker(argv: Sequence[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchshim",
-        description="Stable facade over PyTorch's private compile-cache hooks (torch 2.5 - 2.15).",
+        description="Stable facade over PyTorch's private compile-cache hooks (torch "
+        f"{SUPPORTED_SERIES[0]} - {SUPPORTED_SERIES[-1]}).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)

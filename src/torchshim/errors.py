@@ -39,10 +39,14 @@ class UnsupportedTorchVersion(TorchShimError, RuntimeError):
     """The installed torch belongs to a series torchshim has no shim for."""
 
     def __init__(self, found: str, series: str, supported: Iterable[str]) -> None:
-        listed = ", ".join(supported)
+        series_list = list(supported)
+        listed = ", ".join(series_list)
+        oldest, newest = (series_list[0], series_list[-1]) if series_list else ("2.5", "2.15")
+        major, _, minor = newest.partition(".")
+        bound = f"{major}.{int(minor) + 1}" if minor.isdigit() else newest
         super().__init__(
             f"torch {found} (series {series}) is not supported by this torchshim; supported series: "
-            f"{listed}. Install a supported torch (e.g. `pip install 'torch>=2.5,<2.16'`), or upgrade "
+            f"{listed}. Install a supported torch (e.g. `pip install 'torch>={oldest},<{bound}'`), or upgrade "
             "torchshim. To try the newest shim on a newer, untested torch anyway, set "
             "TORCHSHIM_ALLOW_UNTESTED=1 (older series are never allowed)."
         )

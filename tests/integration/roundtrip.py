@@ -2,7 +2,8 @@
 
 Process A (the pytest process) calls :func:`compile_all`; processes B and C run this file as a
 script (``python roundtrip.py load BASE MANIFEST OUT``) to load every case from the cache directory
-without compiling, compare with eager and count compilations.
+without compiling, compare with eager and count compilations: B from the directory A compiled
+into, C from the directory after it was moved (see ``test_adaptor_roundtrip.run_roundtrip``).
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ def load_all(base: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[
     for adaptor in adaptors.values():
         adaptor.close()
     after = shim.compile_counters()
-    # a Triton kernel build writes its binaries into the (relocated) Triton cache
+    # a Triton kernel build writes its binaries into the Triton cache under ``base``
     results["new_triton_files"] = sorted(_files(base / "triton") - triton_before)[:20]
     results["counters"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     return results

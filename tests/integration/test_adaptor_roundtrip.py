@@ -1,11 +1,14 @@
-"""Every adaptor x output structure x shape x graph source: compile here (process A), move the
-cache directory, load in a fresh process B. Outputs must equal eager; B must compile nothing."""
+"""Every adaptor x output structure x shape x graph source: compile here (process A); load in a
+fresh process B from the directory A compiled into; then move the cache directory and load in
+another fresh process C from the new place, with the old one gone. Outputs must equal eager; B and
+C must compile nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,15 @@ def _run_loader(base: Path, manifest: Path, out: Path, device: str = "cpu") -> d
 
 
 def run_roundtrip(work: Path, device: str) -> dict[str, Any]:
-    """Compile here, move the cache directory, load in a fresh process: one process B is both
-    the fresh process and the relocated one (every path a load uses is inside the entries)."""
+    """Compile here (process A), then two loads, each in a fresh process of its own:
+
+    * ``fresh`` (process B) loads from the directory A compiled into, where A left it;
+    * ``relocated`` (process C) loads from another path after the directory was moved: copied
+      there right after compiling (before B ran, so C sees exactly what A wrote, nothing B added)
+      and the original deleted before C starts, so C can read nothing from the old path.
+
+    Two processes, not one: a second load in B's process would be served by what B's first load
+    left in memory (Inductor's and Triton's in-process code caches)."""
     base = work / "cache"
     before = state_snapshot()
     manifest = roundtrip.compile_all(base, roundtrip.available_adaptors(), device)
@@ -42,12 +52,21 @@ def run_roundtrip(work: Path, device: str) -> dict[str, Any]:
     manifest_path.write_text(json.dumps(manifest))
     moved = work / "elsewhere" / "moved-cache"
     moved.parent.mkdir()
-    shutil.move(str(base), str(moved))
-    loaded = _run_loader(moved, manifest_path, work / "loaded.json", device)
+    shutil.copytree(base, moved, symlinks=True)  # the move's copy half, as A left the directory
+    t0 = time.perf_counter()
+    fresh = _run_loader(base, manifest_path, work / "loaded-fresh.json", device)
+    fresh_s = time.perf_counter() - t0
+    shutil.rmtree(base)  # the move's delete half: nothing is left at the old path
+    t0 = time.perf_counter()
+    relocated = _run_loader(moved, manifest_path, work / "loaded-relocated.json", device)
+    relocated_s = time.perf_counter() - t0
     return {
         "manifest": manifest,
-        "fresh": loaded,
-        "relocated": loaded,
+        "fresh": fresh,
+        "relocated": relocated,
+        "base": str(base),
+        "moved_to": str(moved),
+        "process_seconds": {"fresh": round(fresh_s, 1), "relocated": round(relocated_s, 1)},
         "leaks": leaks,
         "base_gone": not base.exists(),
         "recreated_at_old_place": sorted(roundtrip._files(base))[:20],

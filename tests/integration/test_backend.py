@@ -4,6 +4,7 @@ re-tracing; graph breaks; ranks; ``backend="torchshim"`` by name; a third-party 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,29 @@ from tests.integration.child import run_child
 from torchshim.compile_backend import make_dispatcher
 
 pytestmark = pytest.mark.compile
-pytest.importorskip("transformers")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
 
 HERE = Path(__file__).parent
-CASES = ["demo", "gpt2", "broken", "broken@rank1", "demo@by_name"]
+# Only the gpt2 case needs transformers (the other models are torch's own): where it is missing,
+# backend_run records gpt2's ImportError and the other cases run as usual.
+NEEDS_TRANSFORMERS = pytest.mark.skipif(
+    not _installed("transformers"),
+    reason="the gpt2 case builds a transformers model (not installed)",
+)
+CASES = [
+    "demo",
+    pytest.param("gpt2", marks=NEEDS_TRANSFORMERS),
+    "broken",
+    "broken@rank1",
+    "demo@by_name",
+]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +158,8 @@ def test_a_changed_key_factor_is_named_when_compiling_afresh(
 
 
 def test_bad_settings_are_typed_errors(tmp_path: Path) -> None:
-    with pytest.raises(torchshim.AdaptorConfigError, match="compile_sizes"):
+    # a backend option is validated once, in BackendOptions: an invalid one is a ConfigError
+    with pytest.raises(torchshim.ConfigError, match="compile_sizes"):
         torchshim.backend(tmp_path, compile_sizes=[0])
     with pytest.raises(torchshim.UnknownAdaptorError):
         torchshim.backend(tmp_path, adaptor="tvm")

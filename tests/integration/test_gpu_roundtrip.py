@@ -1,5 +1,7 @@
-"""The round trip on a CUDA device: Triton kernels must load from the relocated cache directory
-without being rebuilt. Skips where there is no GPU (CI never has one).
+"""The round trip on a CUDA device: Triton kernels must load without being rebuilt, both in a
+fresh process from the directory they were compiled into and in another fresh process from the
+relocated directory (two processes, see ``run_roundtrip``). Skips where there is no GPU (CI never
+has one).
 
 Run on an H200 with torch 2.11.0+cu130 / Triton 3.6.0; whatever cannot pass there goes in
 ``GPU_XFAILS`` below, applied strictly so that a fix turns the run red until the entry is removed.
@@ -76,4 +78,6 @@ def test_gpu_compile_put_triton_cache_inside_base(gpu_run: dict[str, Any]) -> No
 
 
 def test_gpu_relocated_load_leaves_old_location_alone(gpu_run: dict[str, Any]) -> None:
+    # the relocated process ran with the old directory gone; it must not have made it again
+    assert gpu_run["base_gone"], gpu_run["recreated_at_old_place"]
     assert gpu_run["recreated_at_old_place"] == []

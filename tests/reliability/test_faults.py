@@ -21,13 +21,15 @@ from typing import Any
 import pytest
 
 from tests.reliability import faults
-from torchshim.cache import CacheStore
+from torchshim.cache import CacheStore, leases
 
 pytestmark = pytest.mark.compile
 
 HERE = Path(__file__).parent
 FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
 KILL_TRIALS = 30 if FULL else 10
+#: files of each stored entry damaged three ways (flip, truncate, empty), largest first
+FILES_DAMAGED = 3 if FULL else 1
 RACERS = 4 if FULL else 2
 
 
@@ -93,13 +95,21 @@ def _set_build(entry: Path) -> None:
 
 @pytest.fixture(scope="module")
 def variants(compiled: dict[str, Any]) -> dict[str, Any]:
-    """Damaged copies of each adaptor's cache, loaded (or recompiled) in one fresh process."""
+    """Damaged copies of each adaptor's cache, loaded (or recompiled) in one fresh process.
+
+    Every copy lives at another path than the cache it was copied from, and the originals are
+    moved away while the copies load: nothing can be read from where the entries were compiled,
+    so the undamaged "relocated" copy is a real relocation."""
     spec: dict[str, Any] = {}
+    damaged: list[str] = []  # every variant that must come back as a miss
+    file_counts: dict[str, int] = {}  # files in each adaptor's stored entry
     work: Path = compiled["work"]
-    files = 3 if FULL else 1
     for adaptor, item in compiled["adaptors"].items():
         entry_rel = CacheStore(item["base"]).entry_dir(item["entry"]).relative_to(item["base"])
-        largest = _largest(item["base"] / entry_rel, files)
+        manifest = json.loads((item["base"] / entry_rel / "manifest.json").read_text())
+        file_counts[adaptor] = len(manifest["files"])
+        largest = _largest(item["base"] / entry_rel, FILES_DAMAGED)
+        assert largest, f"{adaptor}: the stored entry has no files"
         cases: dict[str, Any] = {}
         for rank, rel in enumerate(largest):
             for kind in ("flip", "truncate", "empty"):
@@ -121,14 +131,32 @@ def variants(compiled: dict[str, Any]) -> dict[str, Any]:
                 "adaptor": adaptor,
                 "handle": item["handle"],
             }
+            if damage is not None:
+                damaged.append(f"{adaptor}/{name}")
     spec_path = work / "variants.json"
     spec_path.write_text(json.dumps(spec))
-    return {"spec": spec, "results": _run(["load-variants", str(spec_path)])}
+    originals = [Path(item["base"]) for item in compiled["adaptors"].values()]
+    for original in originals:
+        original.rename(original.with_name(original.name + ".away"))
+    try:
+        results = _run(["load-variants", str(spec_path)])
+        recreated = [str(p) for p in originals if p.exists()]
+    finally:
+        for original in originals:
+            original.with_name(original.name + ".away").rename(original)
+    return {
+        "spec": spec,
+        "damaged": damaged,
+        "file_counts": file_counts,
+        "results": results,
+        "recreated": recreated,
+    }
 
 
 def test_every_damaged_entry_is_a_miss_and_a_correct_recompile(variants: dict[str, Any]) -> None:
     results = variants["results"]
-    assert results
+    assert sorted(results) == sorted(variants["spec"]), "the loader skipped variants"
+    assert variants["recreated"] == [], "loading a copy recreated the original cache directory"
     report = []
     for name, result in results.items():
         assert result["error"] is None, (name, result.get("trace"))
@@ -143,8 +171,12 @@ def test_every_damaged_entry_is_a_miss_and_a_correct_recompile(variants: dict[st
         assert len(unusable) == 1, (name, result["warnings"])
         assert result["counters"].get("corrupt") == 1, (name, result["counters"])
         assert result["quarantined"] == 1, name
-        report.append(kind)
-    assert len(report) >= 2 * 5 or not FULL
+        report.append(name)
+    # per adaptor: flip, truncate and empty each of the FILES_DAMAGED largest files (fewer where
+    # the entry has fewer), delete one, garbage manifest, manifest of another build
+    per_adaptor = {a: 3 * min(FILES_DAMAGED, n) + 3 for a, n in variants["file_counts"].items()}
+    assert sorted(report) == sorted(variants["damaged"])
+    assert len(report) == sum(per_adaptor.values()), per_adaptor
 
 
 def test_sigkill_at_random_points_of_a_save_never_tears_an_entry(
@@ -170,9 +202,11 @@ def test_sigkill_at_random_points_of_a_save_never_tears_an_entry(
         for entry in store.entries():
             assert store.verify(entry) is None, "a reader would see a torn entry"
         leftovers = list((base / "tmp").iterdir())
-        assert all(f"-{proc.pid}-" in p.name for p in leftovers), leftovers
-        for path in leftovers:  # a dead process's temporaries go once they are a few s old
-            os.utime(path, (time.time() - 60, time.time() - 60))
+        # only a save's staging directories or a removal's trash, never anything published
+        assert all(p.name.startswith(("stage-", "trash-")) for p in leftovers), leftovers
+        lapsed = time.time() - leases.LEASE_S - 60
+        for path in leftovers:  # a dead process renews no lease: its temporaries go once it lapses
+            os.utime(path, (lapsed, lapsed))
         CacheStore(base)  # opening a store cleans up
         assert not list((base / "tmp").iterdir()), "temporaries of the dead process left"
         outcomes["entry" if store.entries() else "no entry"] += 1

@@ -84,7 +84,8 @@ def test_default_cache_dir_and_probe_records_go_through_the_same_check(
     parent = world_writable(tmp_path / "open")
     monkeypatch.setenv("TORCHSHIM_CACHE_DIR", str(parent / "cache"))
     monkeypatch.setattr(machine, "_machine_stores", {})
-    assert machine._machine_store() is None or not machine._machine_store().enabled  # type: ignore[union-attr]
+    store = machine._machine_store()
+    assert store is not None and not store.enabled
     assert list(parent.iterdir()) == []
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchshim.config import ADAPTOR_NAMES
-from torchshim.shims import SUPPORTED_SERIES
 from torchshim.errors import CacheDirError, DemoError, TorchShimError
+from torchshim.shims import SUPPORTED_SERIES
 
 if TYPE_CHECKING:
     from torchshim.demo import DemoCache

@@ -405,6 +405,16 @@ def _run_demo_and_report(
                 warm["stats"].get("eager", 0),
             ),
         )
+    if args.device == "cuda":
+        capture = [r["stats"].get("serving", {}) for r in (cold, warm)]
+        rows.insert(
+            3,
+            (
+                "  of which capturing CUDA graphs, s",
+                capture[0].get("capture_seconds", 0.0),
+                capture[1].get("capture_seconds", 0.0),
+            ),
+        )
     first, second = ("first", "second") if first_warm else ("cold", "warm")
     print()
     print(f"{'':42} {first:>12} {second:>12}")

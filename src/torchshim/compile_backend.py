@@ -33,9 +33,12 @@ from torchshim.adaptors import (
     graph_inputs,
     make_adaptor,
 )
+from torchshim.adaptors.graphs import batch_dims, mutated_inputs
+from torchshim.adaptors.handles import RuntimeShape, check_runtime_shape, shape_label
 from torchshim.cache import CacheStore, default_cache_dir
 from torchshim.errors import CacheLockTimeout, ConfigError, LoadError, TorchShimError
 from torchshim.options import BackendOptions, options_from
+from torchshim.serving import BatchLayout, GraphedVariant, ServingStats, make_dispatcher
 from torchshim.shims import active
 
 __all__ = [
@@ -44,7 +47,6 @@ __all__ = [
     "BackendStats",
     "backend",
     "compile",
-    "make_dispatcher",
     "registered_backend",
 ]
 
@@ -72,6 +74,8 @@ class BackendStats:
     general_fallbacks: int = 0
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
+    #: calls per variant, CUDA graphs captured and their memory, capture seconds
+    serving: ServingStats = field(default_factory=ServingStats)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,34 +86,8 @@ class BackendStats:
             "uncached": self.uncached,
             "general_fallbacks": self.general_fallbacks,
             "seconds": round(self.seconds, 3),
+            "serving": self.serving.as_dict(),
         }
-
-
-def make_dispatcher(
-    variants: dict[int | None, Callable[..., Any]], position: tuple[int, int | None] | None
-) -> Callable[..., Any]:
-    """A callable that runs the artifact of the call's batch size, or the general one.
-
-    ``position`` is where the batch size is read: ``(input, None)`` for an int input,
-    ``(input, dim)`` for a tensor dimension. One dict look-up per call.
-    """
-    general = variants[None]
-    sized = {size: fn for size, fn in variants.items() if size is not None}
-    if position is None or not sized:
-        return general
-    index, dim = position
-    get = sized.get
-    if dim is None:
-
-        def dispatch_int(*args: Any) -> Any:
-            return get(args[index], general)(*args)
-
-        return dispatch_int
-
-    def dispatch_dim(*args: Any) -> Any:
-        return get(args[index].shape[dim], general)(*args)
-
-    return dispatch_dim
 
 
 class Backend:
@@ -123,7 +101,8 @@ class Backend:
         with the settings of :class:`~torchshim.options.BackendOptions` as keywords."""
         config.check_environment()
         self.options = options_from(options, settings)
-        self.compile_sizes: tuple[int, ...] = self.options.compile_sizes
+        self.compile_sizes = self.options.sizes
+        self.compile_ranges = self.options.ranges
         self.adaptor_name = self.options.adaptor
         self.compiler_config = dict(self.options.compiler_config)
         self.rank = self.options.rank
@@ -131,6 +110,9 @@ class Backend:
         self.root = base.absolute() / f"rank_{self.rank if self.rank is not None else 0}"
         self.lock_timeout = self.options.effective_lock_timeout()
         self.stats = BackendStats()
+        self.serving = self.stats.serving
+        self._pool: Any = None
+        self._graphed: list[GraphedVariant] = []
         self._lock = threading.Lock()
         # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch, a
         # compiler config Inductor would reject
@@ -180,19 +162,120 @@ class Backend:
             factors = self.key_factors(adaptor, gm, example_inputs)
             key = self._key(factors)
             adaptor.extra_meta = {"backend_factors": factors, "graph_index": index}
-            position = graph_inputs(gm, example_inputs).batch_position
+            described = graph_inputs(gm, example_inputs)
+            position = described.batch_position
             # A graph with a static batch serves one size: nothing to specialise. Dynamo
             # specialises batch sizes 0 and 1 (a graph of their own), so a symbolic graph never
-            # sees them.
-            sizes = [s for s in self.compile_sizes if s >= 2] if position is not None else []
-            variants: dict[int | None, Callable[..., Any]] = {}
-            for shape in (None, *sizes):
+            # sees them; a range is cut to what the symbolic graph can see.
+            shapes: list[RuntimeShape] = []
+            if position is not None:
+                shapes += [s for s in self.compile_sizes if s >= 2]
+                shapes += [(max(lo, 2), hi) for lo, hi in self.compile_ranges if hi >= 2]
+            variants: dict[RuntimeShape, Callable[..., Any]] = {}
+            for shape in (None, *shapes):
                 fn = self._one(adaptor, gm, example_inputs, index, key, shape, factors)
                 if fn is not None:
                     variants[shape] = fn
+        layout = self._layout(gm, example_inputs, described.batch_symbol, position)
+        variants = self._graph_variants(index, variants, layout, example_inputs)
         self.stats.graphs += 1
         self.stats.seconds += time.perf_counter() - started
-        return make_dispatcher(variants, position)
+        return make_dispatcher(variants, layout, self.serving, pad_batch=self.options.pad_batch)
+
+    # -- serving ----------------------------------------------------------------------------------
+    def _layout(
+        self,
+        gm: Any,
+        example_inputs: Sequence[Any],
+        batch_symbol: str | None,
+        position: tuple[int, int | None] | None,
+    ) -> BatchLayout:
+        import torch
+
+        input_dims, output_dims = batch_dims(gm, batch_symbol)
+        tensors = [v for v in example_inputs if isinstance(v, torch.Tensor)]
+        why = None
+        if not tensors or any(v.device.type != "cuda" for v in tensors):
+            devices = sorted({v.device.type for v in tensors}) or ["none"]
+            why = f"its inputs are on {', '.join(devices)}, not CUDA"
+        elif mutated := mutated_inputs(gm):
+            why = f"it writes to its inputs in place ({', '.join(mutated[:3])})"
+        return BatchLayout(
+            position=position,
+            input_dims=tuple(input_dims),
+            output_dims=tuple(output_dims),
+            static_inputs=active().module.static_input_indices(gm, example_inputs),
+            not_capturable=why,
+        )
+
+    def _graph_variants(
+        self,
+        index: int,
+        variants: dict[RuntimeShape, Callable[..., Any]],
+        layout: BatchLayout,
+        example_inputs: Sequence[Any],
+    ) -> dict[RuntimeShape, Callable[..., Any]]:
+        """The served sizes' variants wrapped for CUDA-graph replay, where asked for and
+        possible (a static graph whose batch is a served size counts as that size)."""
+        wanted = self.options.cudagraphs
+        if wanted is False:
+            return variants
+        served: list[RuntimeShape] = [s for s in variants if isinstance(s, int)]
+        if layout.position is None and variants:
+            batch = _static_batch(example_inputs, self.options.batch_dim)
+            served = [None] if batch in self.compile_sizes else []
+        if not served:
+            return variants
+        if layout.not_capturable is not None:
+            if wanted is True and "not CUDA" in layout.not_capturable:
+                raise ConfigError(
+                    f"cudagraphs=True, but graph {index} cannot be captured: "
+                    f"{layout.not_capturable}. CUDA graphs need a model on CUDA; pass "
+                    "cudagraphs=None (on where possible) or False"
+                )
+            if "not CUDA" not in layout.not_capturable:
+                log.warning(
+                    "torchshim: graph %d runs without CUDA graphs: %s", index, layout.not_capturable
+                )
+                for shape in served:
+                    self.serving.uncaptured[self._label(index, shape)] = layout.not_capturable
+            return variants
+        if self._pool is None:
+            self._pool = active().module.cuda_graph_pool()
+        graphed = dict(variants)
+        for shape in served:
+            size = shape if isinstance(shape, int) else _static_batch(example_inputs, 0)
+            variant = GraphedVariant(
+                self._label(index, shape),
+                variants[shape],
+                layout,
+                self._pool,
+                self.serving,
+                size=size,
+                spec=_input_spec(example_inputs, layout, size),
+            )
+            graphed[shape] = variant
+            self._graphed.append(variant)
+        return graphed
+
+    @staticmethod
+    def _label(index: int, shape: RuntimeShape) -> str:
+        return f"graph {index} {shape_label(shape) if shape is not None else 'static'}"
+
+    def capture_graphs(self, example_args: Sequence[Any] | None = None) -> float:
+        """Capture every served size's CUDA graph not captured yet, largest first (they share
+        one memory pool), with zero-filled inputs of its size; the seconds it took. Runs by
+        itself at a variant's first call otherwise."""
+        import torch
+
+        started = time.perf_counter()
+        pending = [v for v in self._graphed if v._graph is None and not v._failed]
+        for variant in sorted(pending, key=lambda v: -(v.size or 0)):
+            args = variant.synthetic_args()
+            if args is not None:
+                with torch.no_grad():
+                    variant.capture(args)
+        return time.perf_counter() - started
 
     def _one(
         self,
@@ -201,10 +284,10 @@ class Backend:
         example_inputs: Sequence[Any],
         index: int,
         key: str,
-        shape: int | None,
+        shape: RuntimeShape,
         factors: dict[str, str],
     ) -> Callable[..., Any] | None:
-        label = "general" if shape is None else f"size {shape}"
+        label = shape_label(shape)
         store = adaptor.store
         entry = adaptor.entry_id(key, shape)
         lock = (
@@ -234,10 +317,10 @@ class Backend:
         example_inputs: Sequence[Any],
         index: int,
         key: str,
-        shape: int | None,
+        shape: RuntimeShape,
         factors: dict[str, str],
     ) -> Callable[..., Any] | None:
-        label = "general" if shape is None else f"size {shape}"
+        label = shape_label(shape)
         store = adaptor.store
         if shape is not None and self._marked_general(store, key, shape):
             self.stats.general_fallbacks += 1
@@ -265,9 +348,9 @@ class Backend:
         example_inputs: Sequence[Any],
         index: int,
         key: str,
-        shape: int | None,
+        shape: RuntimeShape,
     ) -> Callable[..., Any] | None:
-        label = "general" if shape is None else f"size {shape}"
+        label = shape_label(shape)
         t0 = time.perf_counter()
         if not adaptor.stores_artifacts:
             fn, _ = adaptor.compile(gm, example_inputs, self.compiler_config, shape, key=key)
@@ -298,10 +381,10 @@ class Backend:
         log.info("torchshim: %s", text)
 
     # -- sizes that cannot be specialised ---------------------------------------------------------
-    def _marker(self, key: str, shape: int) -> str:
+    def _marker(self, key: str, shape: RuntimeShape) -> str:
         return hashlib.sha256(f"general-for|{key}|{shape}".encode()).hexdigest()[:32]
 
-    def _marked_general(self, store: CacheStore | None, key: str, shape: int) -> bool:
+    def _marked_general(self, store: CacheStore | None, key: str, shape: RuntimeShape) -> bool:
         """Whether a verified (and, with a key, signed) marker says the general graph serves
         ``shape``; a marker that does not verify is a miss like any entry."""
         if store is None or not store.enabled:
@@ -313,7 +396,7 @@ class Backend:
         meta = (manifest or {}).get("meta", {})
         return isinstance(meta, dict) and meta.get("fallback") == _GENERAL
 
-    def _mark_general(self, store: CacheStore | None, key: str, shape: int) -> None:
+    def _mark_general(self, store: CacheStore | None, key: str, shape: RuntimeShape) -> None:
         if store is None or not store.enabled or not store.writable:
             return
         marker = self._marker(key, shape)
@@ -325,7 +408,7 @@ class Backend:
         self,
         store: CacheStore | None,
         factors: dict[str, str],
-        shape: int | None,
+        shape: RuntimeShape,
         index: int,
         label: str,
     ) -> None:
@@ -336,7 +419,11 @@ class Backend:
         best: tuple[int, dict[str, Any]] | None = None
         for entry in store.entries():
             stored = entry.meta.get("backend_factors")
-            if not isinstance(stored, dict) or entry.meta.get("runtime_shape") != shape:
+            try:
+                stored_shape = check_runtime_shape(entry.meta.get("runtime_shape"))
+            except ValueError:
+                continue
+            if not isinstance(stored, dict) or stored_shape != shape:
                 continue
             if stored.get("graph") != factors["graph"]:
                 continue
@@ -352,6 +439,43 @@ class Backend:
             label,
             ", ".join(names) or "key",
         )
+
+
+def _static_batch(example_inputs: Sequence[Any], batch_dim: int | None) -> int | None:
+    """The batch of a graph traced with static sizes: the first tensor input's ``batch_dim``."""
+    import torch
+
+    dim = 0 if batch_dim is None else batch_dim
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor) and value.dim() > dim:
+            return int(value.shape[dim])
+    return None
+
+
+def _input_spec(example_inputs: Sequence[Any], layout: BatchLayout, size: int | None) -> list[Any]:
+    """How to make a call of batch ``size`` from the example inputs (for capturing up front):
+    parameters and buffers as they are, other tensors as zeros of their shape with the batch
+    dimensions set to ``size``, the batch itself where it is an int input."""
+    import torch
+
+    batch_dims_of: dict[int, list[int]] = {}
+    for index, dim in layout.input_dims:
+        batch_dims_of.setdefault(index, []).append(dim)
+    spec: list[Any] = []
+    for index, value in enumerate(example_inputs):
+        if isinstance(value, torch.Tensor) and index in layout.static_inputs:
+            spec.append(("static", value))
+        elif isinstance(value, torch.Tensor):
+            shape = [int(n) for n in value.shape]
+            for dim in batch_dims_of.get(index, []):
+                if size is not None:
+                    shape[dim] = size
+            spec.append(("zeros", tuple(shape), value.dtype, value.device))
+        elif layout.position == (index, None) and size is not None:
+            spec.append(("value", size))
+        else:
+            spec.append(("value", value))
+    return spec
 
 
 def backend(
@@ -465,6 +589,8 @@ def compile(
                 # load) it now, with the inputs cut to that size, so no first call waits for it
                 for size in (s for s in chosen.compile_sizes if s < 2):
                     compiled(*_cut(args, dim, size), **_cut(kwargs, dim, size))
+        # every graph is ready: capture the served sizes' CUDA graphs now, as part of the start
+        chosen.capture_graphs()
         state["first"] = False
         return out
 

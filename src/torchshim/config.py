@@ -37,7 +37,9 @@ __all__ = [
     "check_environment",
     "compile_sizes",
     "compiler_config",
+    "cudagraphs",
     "lock_timeout",
+    "pad_batch",
     "parse_compile_sizes",
     "parse_flag",
     "parse_lock_timeout",
@@ -76,8 +78,18 @@ VARIABLES: dict[str, Variable] = {
         ),
         Variable(
             "TORCHSHIM_COMPILE_SIZES",
-            "comma-separated batch sizes >= 1, e.g. 1,2,4,8",
-            "served batch sizes, each compiled on its own",
+            "comma-separated batch sizes >= 1 and inclusive ranges lo-hi, e.g. 1,2,4,8,9-64",
+            "served batch sizes, each compiled on its own, and compile ranges",
+        ),
+        Variable(
+            "TORCHSHIM_CUDAGRAPHS",
+            "auto, or a switch: 1/true/yes/on or 0/false/no/off",
+            "CUDA graphs for the served sizes (auto: on for models on CUDA)",
+        ),
+        Variable(
+            "TORCHSHIM_PAD_BATCH",
+            "a switch: 1/true/yes/on or 0/false/no/off",
+            "run a batch size between served sizes padded to the next served size",
         ),
         Variable(
             "TORCHSHIM_ADAPTOR",
@@ -146,25 +158,34 @@ def parse_flag(name: str, text: str) -> bool:
     raise _error(name, text)
 
 
-def parse_compile_sizes(text: str, name: str = "TORCHSHIM_COMPILE_SIZES") -> tuple[int, ...]:
-    """``"1,2,4,8"`` -> ``(1, 2, 4, 8)``; an empty entry, a non-integer or a size < 1 is an
-    error (``1,,2`` is a typo, not "1 and 2")."""
+def parse_compile_sizes(
+    text: str, name: str = "TORCHSHIM_COMPILE_SIZES"
+) -> tuple[int | tuple[int, int], ...]:
+    """``"1,2,4,8,9-64"`` -> ``(1, 2, 4, 8, (9, 64))``; an empty entry, a non-integer, a size
+    < 1 or a range whose ends are out of order is an error (``1,,2`` is a typo, not "1 and 2");
+    overlaps are checked by :class:`~torchshim.options.BackendOptions`."""
     stripped = text.strip()
     if not stripped:
         return ()
-    sizes: list[int] = []
+    entries: list[int | tuple[int, int]] = []
     for part in stripped.split(","):
         item = part.strip()
         if not item:
             raise _error(name, text, "an empty entry")
+        ends = item.split("-") if "-" in item[1:] else [item]
         try:
-            size = int(item)
+            numbers = [int(end) for end in ends]
         except ValueError:
-            raise _error(name, text, f"{item!r} is not an integer") from None
-        if size < 1:
-            raise _error(name, text, f"{size} is not >= 1")
-        sizes.append(size)
-    return tuple(sizes)
+            raise _error(name, text, f"{item!r} is not a size or a range lo-hi") from None
+        if len(numbers) > 2 or any(n < 1 for n in numbers):
+            raise _error(name, text, f"{item!r} is not a size >= 1 or a range lo-hi of them")
+        if len(numbers) == 2:
+            if numbers[0] > numbers[1]:
+                raise _error(name, text, f"the range {item!r} ends before it starts")
+            entries.append((numbers[0], numbers[1]))
+        else:
+            entries.append(numbers[0])
+    return tuple(entries)
 
 
 def parse_lock_timeout(text: str, name: str = "TORCHSHIM_LOCK_TIMEOUT") -> float:
@@ -190,8 +211,20 @@ def cache_dir() -> Path | None:
     return Path(text).expanduser()
 
 
-def compile_sizes() -> tuple[int, ...]:
+def compile_sizes() -> tuple[int | tuple[int, int], ...]:
     return parse_compile_sizes(_raw("TORCHSHIM_COMPILE_SIZES"))
+
+
+def cudagraphs() -> bool | None:
+    """``TORCHSHIM_CUDAGRAPHS``: ``None`` (auto, the default), or a switch."""
+    text = _raw("TORCHSHIM_CUDAGRAPHS")
+    if text.strip().lower() in ("", "auto"):
+        return None
+    return parse_flag("TORCHSHIM_CUDAGRAPHS", text)
+
+
+def pad_batch() -> bool:
+    return parse_flag("TORCHSHIM_PAD_BATCH", _raw("TORCHSHIM_PAD_BATCH"))
 
 
 def adaptor() -> AdaptorName:
@@ -254,6 +287,8 @@ def check_environment() -> None:
     one). Unknown ``TORCHSHIM_*`` names are left alone: other tools (tests, CI) use the prefix."""
     cache_dir()
     compile_sizes()
+    cudagraphs()
+    pad_batch()
     adaptor()
     compiler_config()
     rank()

@@ -9,6 +9,7 @@ is a :class:`~torchshim.errors.ConfigError` that names it, raised before Dynamo 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -36,15 +37,25 @@ class BackendOptions:
     ``TORCHSHIM_LOCK_TIMEOUT``, 600). ``batch_dim``: for ``torchshim.compile``, the dimension of
     every tensor argument that is the batch (marked dynamic on the first call; ``None`` leaves
     dynamism to Dynamo).
+
+    ``compile_sizes`` may hold compile ranges beside sizes: ``[1, 2, 4, 8, (9, 64)]`` compiles one
+    graph with the batch bounded to 9..64 (inclusive), served to every batch in it. Entries must
+    not overlap. ``cudagraphs``: CUDA graphs for the served sizes (``None``: on when the graph's
+    inputs are on CUDA; ``True`` on a CPU graph is a :class:`ConfigError`). ``pad_batch``: a batch
+    between served sizes runs the next larger size's graph on inputs padded with zeros along the
+    batch, its outputs cut back; only right for models whose rows are independent (not batch
+    norm in training, not attention or pooling across the batch).
     """
 
     cache_dir: Path | None = None
-    compile_sizes: tuple[int, ...] = ()
+    compile_sizes: tuple[int | tuple[int, int], ...] = ()
     adaptor: AdaptorName = "auto"
     compiler_config: Mapping[str, Any] = field(default_factory=dict)
     rank: int | None = None
     lock_timeout: float | None = None
     batch_dim: int | None = 0
+    cudagraphs: bool | None = None
+    pad_batch: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -60,13 +71,7 @@ class BackendOptions:
             raise ConfigError(
                 f"compile_sizes must be a list of batch sizes such as [1, 2, 4, 8], got {sizes!r}"
             )
-        listed = list(sizes)
-        for size in listed:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ConfigError(
-                    f"compile_sizes must be batch sizes >= 1, got {size!r} in {listed!r}"
-                )
-        set_(self, "compile_sizes", tuple(sorted(set(listed))))
+        set_(self, "compile_sizes", _check_sizes(list(sizes)))
         if self.adaptor not in ADAPTOR_NAMES:
             from torchshim.errors import UnknownAdaptorError
 
@@ -91,6 +96,11 @@ class BackendOptions:
             or timeout < 0
         ):
             raise ConfigError(f"lock_timeout must be finite seconds >= 0, got {timeout!r}")
+        for name in ("cudagraphs", "pad_batch"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (name == "cudagraphs" and value is None)):
+                allowed = "None, True or False" if name == "cudagraphs" else "True or False"
+                raise ConfigError(f"{name} must be {allowed}, got {value!r}")
         if self.batch_dim is not None and (
             isinstance(self.batch_dim, bool) or not isinstance(self.batch_dim, int)
         ):
@@ -108,7 +118,18 @@ class BackendOptions:
             compiler_config=config.compiler_config(),
             rank=config.rank(),
             lock_timeout=config.lock_timeout(),
+            cudagraphs=config.cudagraphs(),
+            pad_batch=config.pad_batch(),
         )
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The served batch sizes (no ranges)."""
+        return tuple(s for s in self.compile_sizes if isinstance(s, int))
+
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        return tuple(s for s in self.compile_sizes if isinstance(s, tuple))
 
     def effective_lock_timeout(self) -> float:
         return config.lock_timeout() if self.lock_timeout is None else float(self.lock_timeout)
@@ -118,6 +139,53 @@ class BackendOptions:
 
 
 _NAMES = tuple(f.name for f in dataclasses.fields(BackendOptions))
+
+
+def _check_sizes(listed: list[Any]) -> tuple[int | tuple[int, int], ...]:
+    """Sizes and ``(lo, hi)`` ranges, sorted and checked: sizes >= 1, ``1 <= lo <= hi``, no two
+    entries overlapping (a size inside a range, or two ranges sharing a size)."""
+    sizes: set[int] = set()
+    ranges: set[tuple[int, int]] = set()
+    for entry in listed:
+        if isinstance(entry, bool):
+            raise ConfigError(
+                f"compile_sizes must be batch sizes >= 1, got {entry!r} in {listed!r}"
+            )
+        if isinstance(entry, int):
+            if entry < 1:
+                raise ConfigError(
+                    f"compile_sizes must be batch sizes >= 1, got {entry!r} in {listed!r}"
+                )
+            sizes.add(entry)
+            continue
+        if (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
+            and 1 <= entry[0] <= entry[1]
+        ):
+            ranges.add((int(entry[0]), int(entry[1])))
+            continue
+        raise ConfigError(
+            f"compile_sizes takes batch sizes >= 1 and ranges (lo, hi) with 1 <= lo <= hi, got "
+            f"{entry!r} in {listed!r}"
+        )
+    ordered = sorted(ranges)
+    for (lo, hi), (next_lo, next_hi) in itertools.pairwise(ordered):
+        if next_lo <= hi:
+            raise ConfigError(
+                f"compile_sizes: the ranges ({lo}, {hi}) and ({next_lo}, {next_hi}) overlap; "
+                "give each batch size to one entry"
+            )
+    for size in sorted(sizes):
+        for lo, hi in ordered:
+            if lo <= size <= hi:
+                raise ConfigError(
+                    f"compile_sizes: the size {size} is inside the range ({lo}, {hi}); give "
+                    "each batch size to one entry"
+                )
+    entries: list[int | tuple[int, int]] = [*sorted(sizes), *ordered]
+    return tuple(entries)
 
 
 def options_from(

@@ -23,6 +23,7 @@ from torchshim.adaptors.handles import (
     EagerHandle,
     Handle,
     InductorHandle,
+    RuntimeShape,
     StandaloneHandle,
     handle_from_json,
 )
@@ -174,13 +175,13 @@ class CompilerInterface(abc.ABC):
             )
         return self.base_cache_dir
 
-    def entry_id(self, key: str, runtime_shape: int | None) -> str:
+    def entry_id(self, key: str, runtime_shape: RuntimeShape) -> str:
         """The cache-store entry of a compile: this adaptor, its compiler hash, the prefix, the
         caller's key and the shape, hashed (the caller's key may be any text)."""
         text = stable_json([self.name, self._current_hash(), self.prefix, key, runtime_shape])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def cached_handle(self, key: str, runtime_shape: int | None = None) -> Handle | None:
+    def cached_handle(self, key: str, runtime_shape: RuntimeShape = None) -> Handle | None:
         """The handle of an earlier compile with this ``key`` and shape in the cache store, or
         ``None`` (not there, from another build, or failing verification: then quarantined)."""
         store = self.store
@@ -252,7 +253,7 @@ class CompilerInterface(abc.ABC):
         graph: Any,
         example_inputs: Sequence[Any],
         compiler_config: dict[str, Any] | None,
-        runtime_shape: int | None = None,
+        runtime_shape: RuntimeShape = None,
         key: str | None = None,
     ) -> tuple[CompiledCallable | None, Handle | None]:
         """Compile ``graph``. ``runtime_shape=None``: the inputs' batch size is symbolic; an
@@ -265,6 +266,6 @@ class CompilerInterface(abc.ABC):
         graph: Any,
         example_inputs: Sequence[Any],
         graph_index: int,
-        runtime_shape: int | None = None,
+        runtime_shape: RuntimeShape = None,
     ) -> CompiledCallable:
         """Turn ``handle`` into a callable without compiling; a :class:`LoadError` otherwise."""

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from torchshim.adaptors.base import CompiledCallable, CompilerInterface, Handle
+from torchshim.adaptors.handles import RuntimeShape
 
 __all__ = ["EagerAdaptor"]
 
@@ -26,7 +27,7 @@ class EagerAdaptor(CompilerInterface):
         graph: Any,
         example_inputs: Sequence[Any],
         compiler_config: dict[str, Any] | None,
-        runtime_shape: int | None = None,
+        runtime_shape: RuntimeShape = None,
         key: str | None = None,
     ) -> tuple[CompiledCallable | None, Handle | None]:
         return graph, None
@@ -37,7 +38,7 @@ class EagerAdaptor(CompilerInterface):
         graph: Any,
         example_inputs: Sequence[Any],
         graph_index: int,
-        runtime_shape: int | None = None,
+        runtime_shape: RuntimeShape = None,
     ) -> CompiledCallable:
         # Nothing was stored: "loading" is running the graph.
         if handle is not None:

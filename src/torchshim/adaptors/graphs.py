@@ -58,3 +58,64 @@ def parameter_constants(graph: Any) -> list[str]:
         ):
             found.append(target)
     return found
+
+
+def _meta_value(node: Any) -> Any:
+    meta = getattr(node, "meta", {})
+    return meta.get("example_value", meta.get("val"))
+
+
+def _batch_dims(value: Any, batch_symbol: str) -> list[int]:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return []
+    return [
+        d for d, size in enumerate(shape) if not isinstance(size, int) and str(size) == batch_symbol
+    ]
+
+
+def batch_dims(
+    graph: Any, batch_symbol: str | None
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Every ``(input, dim)`` and ``(output, dim)`` whose size is exactly the batch symbol, from
+    the graph's metadata (what padding pads and cuts back); empty without metadata."""
+    if batch_symbol is None:
+        return [], []
+    nodes = list(getattr(getattr(graph, "graph", None), "nodes", ()))
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    inputs = [
+        (index, dim)
+        for index, node in enumerate(placeholders)
+        for dim in _batch_dims(_meta_value(node), batch_symbol)
+    ]
+    outputs: list[tuple[int, int]] = []
+    for node in nodes:
+        if node.op != "output" or not node.args:
+            continue
+        returned = node.args[0]
+        items = list(returned) if isinstance(returned, (list, tuple)) else [returned]
+        for index, item in enumerate(items):
+            outputs += [(index, dim) for dim in _batch_dims(_meta_value(item), batch_symbol)]
+    return inputs, outputs
+
+
+def mutated_inputs(graph: Any) -> list[str]:
+    """Inputs the graph writes in place (``x.add_(...)``, ``x[i] = ...``, ``x.copy_(...)``):
+    a CUDA graph that copies inputs into buffers of its own would write those, not the caller's
+    tensors."""
+    import operator
+
+    nodes = list(getattr(getattr(graph, "graph", None), "nodes", ()))
+    placeholders = {n for n in nodes if n.op == "placeholder"}
+    found: list[str] = []
+    for node in nodes:
+        if node.op not in ("call_method", "call_function") or not node.args:
+            continue
+        target = node.target
+        name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+        in_place = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
+        if target in (operator.setitem, operator.iadd, operator.imul, operator.isub):
+            in_place = True
+        if in_place and node.args[0] in placeholders:
+            found.append(str(node.args[0]))
+    return sorted(set(found))

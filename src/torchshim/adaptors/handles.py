@@ -17,12 +17,46 @@ __all__ = [
     "EagerHandle",
     "Handle",
     "InductorHandle",
+    "RuntimeShape",
     "StandaloneHandle",
+    "check_runtime_shape",
     "handle_from_json",
+    "shape_label",
 ]
 
 #: Bumped whenever the on-disk layout or the handle schema changes; part of every compiler hash.
 CACHE_FORMAT_VERSION = 2
+
+#: What a compile is for: ``None`` the general (symbolic) batch, an int one batch size, a pair
+#: ``(lo, hi)`` a compile range (the batch symbol bounded to ``lo..hi``, inclusive).
+RuntimeShape = int | tuple[int, int] | None
+
+
+def check_runtime_shape(value: object) -> RuntimeShape:
+    """``value`` as a :data:`RuntimeShape` (a JSON list becomes a pair); ``ValueError`` when it
+    is none of them."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"a batch size is >= 0, got {value}")
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = value
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) and 0 <= lo <= hi:
+            return (int(lo), int(hi))
+    raise ValueError(
+        f"runtime_shape is None (general), a batch size or a range (lo, hi) with 0 <= lo <= hi; "
+        f"got {value!r}"
+    )
+
+
+def shape_label(runtime_shape: RuntimeShape) -> str:
+    if runtime_shape is None:
+        return "general"
+    if isinstance(runtime_shape, tuple):
+        return f"range {runtime_shape[0]}-{runtime_shape[1]}"
+    return f"size {runtime_shape}"
 
 
 @dataclass(frozen=True)
@@ -36,7 +70,7 @@ class Handle:
     adaptor: str
     format_version: int
     compiler_hash: str
-    runtime_shape: int | None
+    runtime_shape: RuntimeShape
 
     kind: ClassVar[str] = "base"
 
@@ -107,6 +141,10 @@ def handle_from_json(text: str | bytes) -> Handle:
         if not isinstance(guards, list) or not all(isinstance(g, str) for g in guards):
             raise HandleFormatError(f"{kind} handle: guards must be a list of strings; recompile")
         data["guards"] = tuple(guards)
+    try:
+        data["runtime_shape"] = check_runtime_shape(data.get("runtime_shape"))
+    except ValueError as exc:
+        raise HandleFormatError(f"{kind} handle: {exc}; recompile") from None
     unknown = set(data) - names
     if unknown:
         raise HandleFormatError(f"{kind} handle has unknown fields {sorted(unknown)}; recompile")

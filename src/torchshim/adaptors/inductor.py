@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torchshim.adaptors.base import CompiledCallable
-from torchshim.adaptors.handles import Handle, InductorHandle
+from torchshim.adaptors.handles import Handle, InductorHandle, RuntimeShape
 from torchshim.adaptors.stored import StoredCompiler
 from torchshim.errors import ArtifactMissingError, ArtifactUnreadableError, TorchShimError
 from torchshim.shims import active
@@ -64,7 +64,7 @@ class InductorAdaptor(StoredCompiler):
         graph: Any,
         example_inputs: Sequence[Any],
         config: dict[str, Any],
-        runtime_shape: int | None,
+        runtime_shape: RuntimeShape,
         workdir: Path,
     ) -> tuple[CompiledCallable | None, dict[str, Any] | None]:
         import torch

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from torchshim.adaptors.base import CompiledCallable
-from torchshim.adaptors.handles import Handle, StandaloneHandle
+from torchshim.adaptors.handles import Handle, RuntimeShape, StandaloneHandle
 from torchshim.adaptors.stored import StoredCompiler
 from torchshim.errors import AdaptorConfigError, ArtifactUnreadableError
 from torchshim.shims import active, require_capability
@@ -89,7 +89,7 @@ class InductorStandaloneAdaptor(StoredCompiler):
         graph: Any,
         example_inputs: Sequence[Any],
         config: dict[str, Any],
-        runtime_shape: int | None,
+        runtime_shape: RuntimeShape,
         workdir: Path,
     ) -> tuple[CompiledCallable | None, dict[str, Any] | None]:
         import torch

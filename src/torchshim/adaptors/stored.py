@@ -14,7 +14,13 @@ from typing import Any, ClassVar
 
 from torchshim.adaptors.base import CompiledCallable, CompilerInterface
 from torchshim.adaptors.graphs import graph_digest, parameter_constants
-from torchshim.adaptors.handles import CACHE_FORMAT_VERSION, Handle
+from torchshim.adaptors.handles import (
+    CACHE_FORMAT_VERSION,
+    Handle,
+    RuntimeShape,
+    check_runtime_shape,
+    shape_label,
+)
 from torchshim.errors import (
     AdaptorConfigError,
     ArtifactMissingError,
@@ -103,7 +109,7 @@ class StoredCompiler(CompilerInterface):
 
     # -- graph rules ---------------------------------------------------------------------------
     def _compile_config(
-        self, compiler_config: dict[str, Any] | None, runtime_shape: int | None
+        self, compiler_config: dict[str, Any] | None, runtime_shape: RuntimeShape
     ) -> dict[str, Any]:
         """The caller's Inductor config, tuned harder for a specific size (compiled once, served
         often: ``max_autotune``) unless the caller says otherwise.
@@ -114,7 +120,7 @@ class StoredCompiler(CompilerInterface):
         tuning results at load. A caller who asks for it gets it, with a warning."""
         shim = active().module
         config = dict(compiler_config or {})
-        if isinstance(runtime_shape, int):
+        if runtime_shape is not None:  # a size or a range: compiled once, served often
             for name, value in shim.specialised_config().items():
                 config.setdefault(name, value)
         config.update(shim.artifact_config())
@@ -141,29 +147,32 @@ class StoredCompiler(CompilerInterface):
         return (TorchShimError, *active().module.dynamo_control_flow())
 
     def _compile_inputs(
-        self, graph: Any, example_inputs: Sequence[Any], runtime_shape: int | None
+        self, graph: Any, example_inputs: Sequence[Any], runtime_shape: RuntimeShape
     ) -> contextlib.AbstractContextManager[IsolatedCompile]:
         """Fake inputs in a shape environment of their own (Dynamo's is never touched), with the
-        batch symbol bound to ``runtime_shape`` when the compile is specialised."""
+        batch symbol bound to ``runtime_shape`` when the compile is specialised, or bounded to
+        it when it is a range."""
         shim = active().module
+        try:
+            shape = check_runtime_shape(runtime_shape)
+        except ValueError as exc:
+            raise AdaptorConfigError(str(exc)) from None
         described = self._same_graph_everywhere(graph, example_inputs)
         bindings: dict[str, int] = {}
-        if isinstance(runtime_shape, int):
-            if isinstance(runtime_shape, bool) or runtime_shape < 0:
-                raise AdaptorConfigError(
-                    f"runtime_shape must be None (general) or a batch size >= 0, got "
-                    f"{runtime_shape!r}"
-                )
-            if described.batch_symbol is not None:
-                bindings[described.batch_symbol] = runtime_shape
-        return shim.isolated_inputs(graph, example_inputs, bindings)
+        ranges: dict[str, tuple[int, int]] = {}
+        if described.batch_symbol is not None:
+            if isinstance(shape, tuple):
+                ranges[described.batch_symbol] = shape
+            elif shape is not None:
+                bindings[described.batch_symbol] = shape
+        return shim.isolated_inputs(graph, example_inputs, bindings, ranges)
 
     def _accept_guards(
         self,
         guards: Sequence[str],
         graph: Any,
         example_inputs: Sequence[Any],
-        runtime_shape: int | None,
+        runtime_shape: RuntimeShape,
     ) -> bool:
         """Whether a compile that made Inductor assume ``guards`` can be used. A specialised
         compile must not depend on any size but the batch (it would serve calls those guards do
@@ -171,13 +180,12 @@ class StoredCompiler(CompilerInterface):
         Dynamo guard on them here, as a loading process will."""
         if not guards:
             return True
-        if isinstance(runtime_shape, int):
+        if runtime_shape is not None:
             log.warning(
-                "%s: specialising for batch size %d made Inductor assume conditions on other "
-                "input sizes (%d guard(s), e.g. %s); not using it, the general graph serves that "
-                "size",
+                "%s: specialising for batch %s made Inductor assume conditions on other "
+                "input sizes (%d guard(s), e.g. %s); not using it, the general graph serves it",
                 self.name,
-                runtime_shape,
+                shape_label(runtime_shape),
                 len(guards),
                 guards[0][:120],
             )
@@ -223,7 +231,7 @@ class StoredCompiler(CompilerInterface):
         graph: Any,
         example_inputs: Sequence[Any],
         config: dict[str, Any],
-        runtime_shape: int | None,
+        runtime_shape: RuntimeShape,
         workdir: Path,
     ) -> tuple[CompiledCallable | None, dict[str, Any] | None]:
         """Compile with everything written under ``workdir``; the callable and the handle's own
@@ -244,7 +252,7 @@ class StoredCompiler(CompilerInterface):
         graph: Any,
         example_inputs: Sequence[Any],
         compiler_config: dict[str, Any] | None,
-        runtime_shape: int | None = None,
+        runtime_shape: RuntimeShape = None,
         key: str | None = None,
     ) -> tuple[CompiledCallable | None, Handle | None]:
         self._require_cache()
@@ -287,7 +295,7 @@ class StoredCompiler(CompilerInterface):
         graph: Any,
         example_inputs: Sequence[Any],
         graph_index: int,
-        runtime_shape: int | None = None,
+        runtime_shape: RuntimeShape = None,
     ) -> CompiledCallable:
         self._require_cache()
         checked = self._check_handle(handle, self.handle_type)

@@ -101,6 +101,19 @@ class ShimModule(Protocol):
         """What is wrong with an Inductor config patch (unknown options, wrong value types)."""
         ...
 
+    def cuda_graph_pool(self) -> Any:
+        """A memory pool CUDA graphs can share."""
+        ...
+
+    def capture_cuda_graph(self, fn: Callable[..., Any], inputs: Sequence[Any], pool: Any) -> Any:
+        """``(graph, outputs)``: ``fn(*inputs)`` warmed up and captured in a CUDA graph in
+        ``pool``; replaying it recomputes ``outputs`` from the inputs' current values."""
+        ...
+
+    def static_input_indices(self, graph: Any, example_inputs: Sequence[Any]) -> frozenset[int]:
+        """The graph inputs that are parameters or buffers (the same tensor at every call)."""
+        ...
+
     def specialised_config(self) -> dict[str, Any]:
         """Inductor config a compile for one batch size gets unless the caller says otherwise."""
         ...
@@ -175,11 +188,16 @@ class ShimModule(Protocol):
         ...
 
     def isolated_inputs(
-        self, graph: Any, example_inputs: Sequence[Any], bindings: Mapping[str, int]
+        self,
+        graph: Any,
+        example_inputs: Sequence[Any],
+        bindings: Mapping[str, int],
+        ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> AbstractContextManager[IsolatedCompile]:
         """Inside the block: a copy of the inputs' shape environment (Dynamo's stays untouched)
         and fake inputs over it, with the value ``bindings`` gives a symbol (``{"s0": 8}``
-        specialises ``s0``); after it, the guards the compile added."""
+        specialises ``s0``) and the inclusive range ``ranges`` bounds one to (``{"s0": (9,
+        64)}``); after it, the guards the compile added (none that a range implies)."""
         ...
 
     def install_guards(

@@ -311,9 +311,54 @@ def install_guards(graph: Any, example_inputs: Sequence[Any], guards: Sequence[s
     return True
 
 
+def _bound_symbol(shape_env: Any, sym: Any, lo: int, hi: int) -> tuple[int, int]:
+    """Bound ``sym`` to ``[lo, hi]`` in (the copy of) the shape environment: its value range
+    (``var_to_range``, torch 2.5 - 2.15) and an example value inside it (the upper end: kernels
+    are tuned for the costliest size of the range)."""
+    import sympy
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    known = shape_env.var_to_range.get(sym)
+    low, high = lo, hi
+    if known is not None:
+        # an unbounded end is sympy's (or torch's) infinity, which int() refuses in several ways
+        with contextlib.suppress(TypeError, ValueError, OverflowError, AttributeError):
+            low = max(lo, int(known.lower))
+        with contextlib.suppress(TypeError, ValueError, OverflowError, AttributeError):
+            high = min(hi, int(known.upper))
+    if low > high:
+        raise UnsupportedGraphError(
+            f"the batch range {lo}-{hi} does not meet the sizes Dynamo allows for it ({known}); "
+            "choose a range inside them"
+        )
+    shape_env.var_to_range[sym] = ValueRanges(low, high)
+    _backed_values(shape_env)[sym] = sympy.Integer(high)
+    return low, high
+
+
+def _implied_by_ranges(expr: Any, ranged: Mapping[Any, tuple[int, int]]) -> bool:
+    """Whether ``expr`` mentions only bounded symbols and holds for every value of their ranges
+    (checked value by value: ranges of batch sizes are short)."""
+    if not ranged or not expr.free_symbols or not expr.free_symbols <= set(ranged):
+        return False
+    if len(expr.free_symbols) != 1:
+        return False
+    (sym,) = expr.free_symbols
+    lo, hi = ranged[sym]
+    if hi - lo > 65536:
+        return False
+    try:
+        return all(bool(expr.xreplace({sym: value})) for value in range(lo, hi + 1))
+    except TypeError:
+        return False
+
+
 @contextlib.contextmanager
 def isolated_inputs(
-    graph: Any, example_inputs: Sequence[Any], bindings: Mapping[str, int]
+    graph: Any,
+    example_inputs: Sequence[Any],
+    bindings: Mapping[str, int],
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> Iterator[IsolatedCompile]:
     import sympy
     import torch
@@ -335,10 +380,13 @@ def isolated_inputs(
     shape_env = ShapeEnv() if old_env is None else _clone_shape_env(old_env)
     values = _backed_values(shape_env)
     bound: dict[Any, Any] = {}
+    ranged: dict[Any, tuple[int, int]] = {}
     for sym in list(values):
         if str(sym) in bindings:
             bound[sym] = sympy.Integer(int(bindings[str(sym)]))
             values[sym] = bound[sym]  # example values agree with the specialisation
+        elif ranges and str(sym) in ranges:
+            ranged[sym] = _bound_symbol(shape_env, sym, *ranges[str(sym)])
     fake_mode = FakeTensorMode(shape_env=shape_env)
 
     def constant(value: Any, kind: type) -> Any:
@@ -393,8 +441,10 @@ def isolated_inputs(
     known = len(shape_env.guards)
     with tracing(TracingContext(fake_mode)):
         yield isolated
-    # guards the compile added; symbols a specialisation bound are constants in them
+    # guards the compile added; symbols a specialisation bound are constants in them, and a
+    # guard on a bounded symbol alone that holds across its whole range says nothing new
     learnt = [shape_env.replace(g.expr).xreplace(bound) for g in shape_env.guards[known:]]
+    learnt = [expr for expr in learnt if not _implied_by_ranges(expr, ranged)]
     isolated.guards = list(
         dict.fromkeys(
             json.dumps(_encode(expr, positions), separators=(",", ":"))

@@ -32,6 +32,7 @@ __all__ = [
     "autograd_cache_off",
     "canonical_code",
     "capture_config",
+    "capture_cuda_graph",
     "capture_fx_compilation",
     "check_compiler_config",
     "compile_counters",
@@ -39,6 +40,7 @@ __all__ = [
     "compiled_fx_graph_hash_hook",
     "cpu_probe_fingerprint",
     "cpu_probe_results",
+    "cuda_graph_pool",
     "describe_graph_inputs",
     "dynamo_control_flow",
     "force_autograd_cacheable",
@@ -61,6 +63,7 @@ __all__ = [
     "specialised_config",
     "specialize_float_inputs",
     "standalone_compile",
+    "static_input_indices",
     "tunes_at_load",
     "warm_up_cpu",
 ]
@@ -322,6 +325,47 @@ def artifact_config() -> dict[str, Any]:
     # Upstream: pytorch/pytorch#181292.
     wanted = {"autotune_local_cache": False}
     return {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}
+
+
+def cuda_graph_pool() -> Any:
+    import torch
+
+    return torch.cuda.graph_pool_handle()
+
+
+def capture_cuda_graph(fn: Callable[..., Any], inputs: Sequence[Any], pool: Any) -> Any:
+    # torch.cuda.CUDAGraph / torch.cuda.graph(pool=...) (2.5 - 2.15). Warm-up runs on a side
+    # stream first (lazy initialisation, autotuned kernels' first calls), as torch's docs ask.
+    import torch
+
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(*inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = fn(*inputs)
+    graph.replay()  # the outputs of the capture itself are not computed until a replay
+    torch.cuda.synchronize()
+    return graph, outputs
+
+
+def static_input_indices(graph: Any, example_inputs: Sequence[Any]) -> frozenset[int]:
+    """Inputs that are a module's parameters or buffers: the same tensor at every call, so a
+    CUDA graph reads them in place. Dynamo marks them with ``_dynamo_static_input_type``
+    (torch 2.5 - 2.15, when it inlines nn.Modules and lifts their tensors to graph inputs)."""
+    import torch
+
+    found = set()
+    for index, value in enumerate(example_inputs):
+        if isinstance(value, torch.nn.Parameter) or (
+            isinstance(value, torch.Tensor)
+            and getattr(value, "_dynamo_static_input_type", None) is not None
+        ):
+            found.add(index)
+    return frozenset(found)
 
 
 def specialised_config() -> dict[str, Any]:

@@ -208,7 +208,9 @@ def main() -> None:
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="torchshim-serving-") as cache:
             cold = run_phase(args, model, "cold", cache)
+            print(f"{model}: cold process {cold['process_s']} s", flush=True)
             warm = run_phase(args, model, "warm", cache)
+            print(f"{model}: warm process {warm['process_s']} s", flush=True)
         results["models"][model] = {"cold": cold, "warm": warm}
         print(f"\n{model}: µs per call, one warm process (served sizes marked *)")
         print(f"{'batch':>6} {'torchshim':>10} {'graphs off':>11} {'plain m-a':>10} {'eager':>9}"

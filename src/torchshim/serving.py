@@ -46,7 +46,10 @@ class ServingStats:
     captured: dict[str, int] = field(default_factory=dict)
     #: variants that run uncaptured: label -> why
     uncaptured: dict[str, str] = field(default_factory=dict)
+    #: seconds spent capturing (warm-up runs and capture), after each artifact's first run
     capture_seconds: float = 0.0
+    #: seconds of the captured artifacts' first runs (loading kernels lazily; not capture)
+    first_run_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,7 @@ class ServingStats:
             "captured_bytes": sum(self.captured.values()),
             "uncaptured": dict(self.uncaptured),
             "capture_seconds": round(self.capture_seconds, 4),
+            "first_run_seconds": round(self.first_run_seconds, 4),
         }
 
 
@@ -89,6 +93,7 @@ class GraphedVariant:
         self.label, self.fn, self.layout, self.pool, self.stats = label, fn, layout, pool, stats
         self.size = size
         self._spec = list(spec)
+        self._row_dims = dict(layout.input_dims)
         self._lock = threading.Lock()
         self._graph: Any = None
         self._static: list[Any] = []
@@ -121,9 +126,13 @@ class GraphedVariant:
                 else:
                     static.append(value)
             shim = active().module
-            started = time.perf_counter()
-            before = torch.cuda.memory_reserved()
             try:
+                started = time.perf_counter()
+                self.fn(*static)  # the loaded artifact's first run (lazy kernel loading)
+                torch.cuda.synchronize()
+                self.stats.first_run_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                before = torch.cuda.memory_reserved()
                 graph, outputs = shim.capture_cuda_graph(self.fn, static, self.pool)
             except Exception as exc:  # a capture error: serve uncaptured, say why once
                 self._give_up(f"capture failed: {type(exc).__name__}: {exc}"[:300])
@@ -179,6 +188,40 @@ class GraphedVariant:
             buffer.copy_(args[index])
         self._graph.replay()
         return _copy_out(self._outputs)
+
+    def padded(self, args: Sequence[Any], batch: int) -> Any:
+        """Serve a smaller ``batch`` with this (larger) size's graph: the call's rows are copied
+        into the first rows of the static buffers, the graph replays, and only the call's rows
+        of the outputs are copied out. The rows past ``batch`` keep what the buffers held: by
+        the padding contract rows are independent, so they do not change the call's rows.
+        ``None`` when the call does not fit the captured graph (the caller pads and runs it)."""
+        import torch
+
+        if self._graph is None or torch.cuda.is_current_stream_capturing():
+            return None
+        for index, ref in self._refs:
+            value = args[index]
+            if value is not ref and value.data_ptr() != ref.data_ptr():
+                return None
+        position = self.layout.position
+        batch_input = position[0] if position is not None and position[1] is None else None
+        for index, constant in self._values:
+            if index != batch_input and args[index] != constant:
+                return None
+        rows = self._row_dims
+        for index, buffer in self._buffers:
+            value = args[index]
+            dim = rows.get(index)
+            expected = list(buffer.shape)
+            if dim is not None:
+                expected[dim] = batch
+            if list(value.shape) != expected:
+                return None
+        for index, buffer in self._buffers:
+            dim = rows.get(index)
+            (buffer if dim is None else buffer.narrow(dim, 0, batch)).copy_(args[index])
+        self._graph.replay()
+        return _copy_out(_cut(self._outputs, self.layout, batch, self.size or batch))
 
 
 def _copy_out(outputs: Any) -> Any:
@@ -267,7 +310,12 @@ def make_dispatcher(
             if at < len(sizes):
                 target = sizes[at]
                 calls[f"padded {batch}->{target}"] += 1
-                out = sized[target](*_pad(args, layout, batch, target))
+                variant = sized[target]
+                if isinstance(variant, GraphedVariant):
+                    out = variant.padded(args, batch)
+                    if out is not None:
+                        return out
+                out = variant(*_pad(args, layout, batch, target))
                 return _cut(out, layout, batch, target)
         calls["general"] += 1
         return general(*args)

@@ -87,6 +87,19 @@ def test_new_inputs_give_new_results_and_earlier_outputs_stay_intact(served: tup
         assert torch.equal(first, kept)  # not overwritten by the replay that made `second`
 
 
+def test_padded_sizes_replay_the_next_sizes_graph_equal_to_eager(tmp_path: Path) -> None:
+    model = _model()
+    fast = torchshim.compile(
+        model, tmp_path, compile_sizes=[2, 4], pad_batch=True, compiler_config=CHEAP
+    )
+    with torch.no_grad():
+        for batch in (3, 3, 4, 3):
+            x = torch.randn(batch, 64, device="cuda")
+            torch.testing.assert_close(fast(x), model(x), atol=2e-5, rtol=1e-4)
+    serving = fast.backend.stats.serving
+    assert serving.calls["padded 3->4"] == 3 and "graph 0 size 4" in serving.captured
+
+
 def test_a_graph_writing_to_its_inputs_runs_uncaptured_with_its_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -147,6 +147,7 @@ def test_cli_with_a_bad_variable_prints_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and "TORCHSHIM_STRICT='maybe'" in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_the_readme_documents_every_variable() -> None:

@@ -69,6 +69,7 @@ __all__ = [
     "hook_report",
     "make_adaptor",
     "parse_series",
+    "precompile",
     "torch_series",
     "warm_up",
 ]
@@ -110,6 +111,22 @@ def compile(
     from torchshim.compile_backend import compile as _compile
 
     return _compile(model, options, **settings)
+
+
+def precompile(
+    model: Callable[..., Any],
+    example_args: Any,
+    options: str | os.PathLike[str] | BackendOptions | None = None,
+    /,
+    example_kwargs: Any = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Compile every graph ``model(*example_args)`` needs, general and per served size, into the
+    cache ahead of time (a build step), so that serving processes only load; see
+    :mod:`torchshim.precompile` and ``torchshim precompile``."""
+    from torchshim.precompile import precompile as _precompile
+
+    return _precompile(model, example_args, options, example_kwargs=example_kwargs, **settings)
 
 
 def hook_report() -> HookReport:

@@ -276,6 +276,33 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_precompile(args: argparse.Namespace) -> int:
+    from torchshim.config import parse_compile_sizes
+    from torchshim.precompile import load_target, precompile
+
+    sizes = parse_compile_sizes(args.sizes, "--sizes")
+    options = {"compile_sizes": sizes, "adaptor": args.adaptor}
+    if args.cache_dir:
+        options["cache_dir"] = args.cache_dir
+    from torchshim.options import BackendOptions
+
+    chosen = BackendOptions(**options)  # a bad setting fails here, before the model is built
+    print(f"torchshim precompile: {args.target} on {args.device}, sizes {list(sizes)}", flush=True)
+    if args.device == "cuda":
+        from torchshim.demo import check_device
+
+        check_device("cuda")
+    started = time.time()
+    model, call_args, call_kwargs = load_target(args.target, args.device)
+    stats = precompile(model, call_args, chosen, example_kwargs=call_kwargs)
+    where = chosen.cache_dir or "the default cache directory"
+    print(
+        f"{stats['compiled']} graph(s) compiled, {stats['loaded']} already in the cache, into "
+        f"{where} in {time.time() - started:.1f} s"
+    )
+    return 0
+
+
 def _cmd_cache_explain(args: argparse.Namespace) -> int:
     from torchshim.explain import explain
 
@@ -520,6 +547,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", default=None, help="also write both records to this file")
     demo.set_defaults(func=_cmd_demo)
+
+    build = sub.add_parser(
+        "precompile",
+        help="compile a model's graphs for its served sizes into a cache ahead of time",
+    )
+    build.add_argument(
+        "target",
+        help="module:function returning (model, example_args[, example_kwargs]), e.g. "
+        "torchshim.demo:example",
+    )
+    build.add_argument("--cache-dir", default=None, help="the cache (default: as the backend's)")
+    build.add_argument("--sizes", default="", help="served sizes and ranges, e.g. 1,2,4,8,9-64")
+    build.add_argument("--adaptor", choices=list(ADAPTOR_NAMES), default="auto")
+    build.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    build.set_defaults(func=_cmd_precompile)
 
     cache = sub.add_parser("cache", help="inspect, verify, prune, clear and explain a cache")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)

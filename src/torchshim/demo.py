@@ -102,6 +102,13 @@ def tokens(batch: int, device: str) -> Any:
     return torch.randint(0, VOCAB, (batch, SEQ), generator=gen).to(device)
 
 
+def example() -> tuple[Any, tuple[Any, ...]]:
+    """The demo model and one call's inputs, for ``torchshim precompile torchshim.demo:example``
+    (a serving process calls ``torchshim.compile(build_model(...), ...)`` with the same
+    settings)."""
+    return build_model("cpu"), (tokens(3, "cpu"),)
+
+
 @contextlib.contextmanager
 def _count_builds() -> Iterator[list[str]]:
     """Compiler processes that write an output file (C++ kernel builds, Triton's ptxas)."""

@@ -198,9 +198,12 @@ def main() -> None:
         return
     import torch
 
+    import torchshim
+    from torchshim._version import installed_torch_version
+
     results: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]]),
-        "torch": torch.__version__,
+        "torch": installed_torch_version(),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
         "date": time.strftime("%Y-%m-%d"),
         "models": {},
@@ -230,7 +233,7 @@ def main() -> None:
             f"(plain {cold['plain_ready_s']} s)"
         )
     out = Path(args.out) if args.out else (
-        HERE / "results" / f"serving-{args.device}-{'.'.join(torch.__version__.split('.')[:2])}.json"
+        HERE / "results" / f"serving-{args.device}-{torchshim.torch_series()}.json"
     )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -16,7 +16,7 @@ import torchshim
 from tests.conftest import diff_state, state_snapshot
 from tests.integration import backend_run
 from tests.integration.child import run_child
-from torchshim.compile_backend import make_dispatcher
+from torchshim.serving import BatchLayout, ServingStats, make_dispatcher
 
 pytestmark = pytest.mark.compile
 
@@ -126,18 +126,22 @@ def test_cold_start_leaks_no_process_state(starts: dict[str, Any]) -> None:
 
 def test_dispatch_routes_by_batch_size() -> None:
     calls: list[str] = []
-    variants: dict[int | None, Any] = {
+    variants: dict[Any, Any] = {
         None: lambda *a: calls.append("general"),
         2: lambda *a: calls.append("2"),
     }
-    by_dim = make_dispatcher(variants, (1, 0))
+    stats = ServingStats()
+    by_dim = make_dispatcher(variants, BatchLayout(position=(1, 0)), stats)
     by_dim("x", torch.zeros(2, 3))
     by_dim("x", torch.zeros(3, 3))
-    by_int = make_dispatcher(variants, (0, None))
+    by_int = make_dispatcher(variants, BatchLayout(position=(0, None)), stats)
     by_int(2)
     by_int(7)
     assert calls == ["2", "general", "2", "general"]
-    assert make_dispatcher({None: variants[None]}, (0, None)) is variants[None]
+    assert stats.calls == {"size 2": 2, "general": 2}
+    only = make_dispatcher({None: variants[None]}, BatchLayout(position=(0, None)), stats)
+    only(3)
+    assert calls[-1] == "general" and stats.calls["general"] == 3
 
 
 def test_a_changed_key_factor_is_named_when_compiling_afresh(

@@ -312,6 +312,11 @@ def _cmd_cache_explain(args: argparse.Namespace) -> int:
     return 1 if differ else 0
 
 
+def _phase(record: dict[str, Any], name: str) -> float:
+    phases = record.get("stats", {}).get("phases", {})
+    return float(phases.get(name, 0.0))
+
+
 def _cell(value: Any) -> str:
     return f"{value:12.3g}" if isinstance(value, float) else f"{value:12}"
 
@@ -416,7 +421,9 @@ def _run_demo_and_report(
             warm["start_to_ready_s"],
         ),
         ("  of which importing torch, s", cold["import_s"], warm["import_s"]),
+        ("  of which Dynamo tracing, s", _phase(cold, "dynamo_s"), _phase(warm, "dynamo_s")),
         ("  of which compiling/loading graphs, s", cold["backend_s"], warm["backend_s"]),
+        ("    of which verifying entries, s", _phase(cold, "verify_s"), _phase(warm, "verify_s")),
         ("graphs compiled", cold["stats"]["compiled"], warm["stats"]["compiled"]),
         ("graphs loaded", cold["stats"]["loaded"], warm["stats"]["loaded"]),
         ("kernel builds (C++/Triton)", cold["builds"], warm["builds"]),
@@ -425,7 +432,7 @@ def _run_demo_and_report(
     ]
     if eager:
         rows.insert(
-            5,
+            7,
             (
                 "graphs run uncompiled (eager)",
                 cold["stats"].get("eager", 0),
@@ -435,7 +442,7 @@ def _run_demo_and_report(
     if args.device == "cuda":
         capture = [r["stats"].get("serving", {}) for r in (cold, warm)]
         rows.insert(
-            3,
+            5,
             (
                 "  of which capturing CUDA graphs, s",
                 capture[0].get("capture_seconds", 0.0),

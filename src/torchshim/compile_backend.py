@@ -76,6 +76,25 @@ class BackendStats:
     events: list[str] = field(default_factory=list)
     #: calls per variant, CUDA graphs captured and their memory, capture seconds
     serving: ServingStats = field(default_factory=ServingStats)
+    #: where the start's time went (seconds): reading and verifying entries, loading graphs
+    #: (verification included), compiling, and for ``torchshim.compile`` the whole first call
+    #: and Dynamo's part of it (the first call less the backend's own time and CUDA capture)
+    verify_seconds: float = 0.0
+    load_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    first_call_seconds: float = 0.0
+    dynamo_seconds: float = 0.0
+
+    def phases(self) -> dict[str, float]:
+        return {
+            "dynamo_s": round(self.dynamo_seconds, 3),
+            "verify_s": round(self.verify_seconds, 3),
+            "load_s": round(self.load_seconds, 3),
+            "compile_s": round(self.compile_seconds, 3),
+            "capture_s": round(self.serving.capture_seconds, 3),
+            "first_run_s": round(self.serving.first_run_seconds, 3),
+            "first_call_s": round(self.first_call_seconds, 3),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +106,7 @@ class BackendStats:
             "general_fallbacks": self.general_fallbacks,
             "seconds": round(self.seconds, 3),
             "serving": self.serving.as_dict(),
+            "phases": self.phases(),
         }
 
 
@@ -176,6 +196,8 @@ class Backend:
                 fn = self._one(adaptor, gm, example_inputs, index, key, shape, factors)
                 if fn is not None:
                     variants[shape] = fn
+            if adaptor.store is not None:
+                self.stats.verify_seconds += adaptor.store.verify_seconds
         layout = self._layout(gm, example_inputs, described.batch_symbol, position)
         variants = self._graph_variants(index, variants, layout, example_inputs)
         self.stats.graphs += 1
@@ -328,7 +350,11 @@ class Backend:
         handle = adaptor.cached_handle(key, shape) if adaptor.stores_artifacts else None
         if handle is not None:
             try:
-                fn = adaptor.load(handle, gm, example_inputs, index, shape)
+                loading = time.perf_counter()
+                try:
+                    fn = adaptor.load(handle, gm, example_inputs, index, shape)
+                finally:
+                    self.stats.load_seconds += time.perf_counter() - loading
             except LoadError as exc:
                 log.warning(
                     "graph %d (%s): cached entry not used (%s); compiling", index, label, exc
@@ -359,6 +385,7 @@ class Backend:
             return fn
         self._event(f"graph {index} ({label}): compiling")
         fn, stored = adaptor.compile(gm, example_inputs, self.compiler_config, shape, key=key)
+        self.stats.compile_seconds += time.perf_counter() - t0
         if fn is None:
             if shape is None:
                 raise RuntimeError(
@@ -573,6 +600,7 @@ def compile(
     def call(*args: Any, **kwargs: Any) -> Any:
         if not state["first"]:
             return compiled(*args, **kwargs)
+        started = time.perf_counter()
         shim = active().module
         dim = -1 if batch_dim is None else batch_dim
         batched = [
@@ -591,6 +619,10 @@ def compile(
                     compiled(*_cut(args, dim, size), **_cut(kwargs, dim, size))
         # every graph is ready: capture the served sizes' CUDA graphs now, as part of the start
         chosen.capture_graphs()
+        stats = chosen.stats
+        stats.first_call_seconds = time.perf_counter() - started
+        capture = stats.serving.capture_seconds + stats.serving.first_run_seconds
+        stats.dynamo_seconds = max(0.0, stats.first_call_seconds - stats.seconds - capture)
         state["first"] = False
         return out
 

@@ -33,7 +33,7 @@ def _machine_store() -> CacheStore | None:
     with _machine_store_lock:
         if root not in _machine_stores:
             try:
-                _machine_stores[root] = CacheStore(root)
+                _machine_stores[root] = CacheStore(root, shared=False)  # the user's own
             except (CacheDirError, OSError) as exc:
                 log.debug("no machine-wide probe record in %s: %s", root, exc)
                 _machine_stores[root] = None

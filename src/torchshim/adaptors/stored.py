@@ -25,6 +25,7 @@ from torchshim.errors import (
     AdaptorConfigError,
     ArtifactMissingError,
     ArtifactUnreadableError,
+    CacheDirError,
     ForeignHandleError,
     TorchShimError,
     UnsupportedGraphError,
@@ -259,7 +260,8 @@ class StoredCompiler(CompilerInterface):
         self._reject_parameter_constants(graph)
         config = self._compile_config(compiler_config, runtime_shape)
         store = self.store
-        if not self.persists or store is None:
+
+        def unstored() -> tuple[CompiledCallable | None, Handle | None]:
             with (
                 tempfile.TemporaryDirectory(prefix="torchshim-compile-") as workdir,
                 self.machine_probes(),
@@ -268,9 +270,17 @@ class StoredCompiler(CompilerInterface):
                     graph, example_inputs, config, runtime_shape, Path(workdir)
                 )
             return fn, None
+
+        if not self.persists or store is None:
+            return unstored()
         text_key = key or graph_digest(graph, example_inputs)
         entry = self.entry_id(text_key, runtime_shape)
-        with store.writer(entry, text_key) as writer:
+        with contextlib.ExitStack() as stack:
+            try:
+                writer = stack.enter_context(store.writer(entry, text_key))
+            except (OSError, CacheDirError) as exc:  # no room to stage: compile, store nothing
+                log.warning("%s: cannot stage in %s (%s); not storing", self.name, store.root, exc)
+                return unstored()
             with self.machine_probes():
                 fn, fields = self._compile(
                     graph, example_inputs, config, runtime_shape, writer.path
@@ -286,7 +296,18 @@ class StoredCompiler(CompilerInterface):
                 entry=entry,
                 **fields,
             )
-            writer.commit(self._entry_meta(handle, text_key))
+            try:
+                writer.commit(self._entry_meta(handle, text_key))
+            except (OSError, CacheDirError) as exc:  # a full disk, a stray file in the way
+                log.warning(
+                    "%s: compiled, but could not store entry %s in %s (%s); it will be compiled "
+                    "again next time",
+                    self.name,
+                    entry,
+                    store.root,
+                    exc,
+                )
+                return fn, None
         return fn, handle
 
     def load(

@@ -20,7 +20,13 @@ from typing import ClassVar, TypeVar
 
 from torchshim import config
 from torchshim.cache import leases
-from torchshim.cache.files import UnsafePath, atomic_write, open_dir, remove_tree_at
+from torchshim.cache.files import (
+    UnsafePath,
+    atomic_write_at,
+    make_dir_at,
+    open_dir,
+    remove_tree_at,
+)
 from torchshim.cache.manifest import STORE_FORMAT
 from torchshim.cache.trust import untrusted_reason, untrusted_subdir
 from torchshim.errors import CacheDirError
@@ -33,6 +39,8 @@ _D = TypeVar("_D", bound="StoreDirectory")
 
 TAG = "torchshim-cache.json"
 SUBDIRS = ("entries", "quarantine", "tmp", "locks", "probes")
+#: Inductor's and Triton's caches inside a private store (see adaptors.environment)
+KERNEL_SUBDIRS = ("inductor", "triton")
 _TEMP_PREFIXES = ("stage-", "checkout-", "trash-", ".")
 
 
@@ -48,10 +56,16 @@ class StoreDirectory:
     _warned_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
-        self, root: str | os.PathLike[str], *, create: bool = True, maintain: bool = True
+        self,
+        root: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        maintain: bool = True,
+        shared: bool | None = None,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
-        self.shared = config.cache_shared()
+        #: ``None``: ``TORCHSHIM_CACHE_SHARED``; the user's own directory passes ``False``
+        self.shared = config.cache_shared() if shared is None else shared
         self.key = config.cache_key()
         self.dir_mode = 0o2770 if self.shared else 0o700
         self.file_mode = 0o660 if self.shared else 0o600
@@ -63,16 +77,9 @@ class StoreDirectory:
         self.reason: str | None = None
         reason = untrusted_reason(self.root, shared=self.shared)
         if reason is None and create and not self.root.exists():
-            try:
-                # exist_ok: processes sharing a cache directory start together
-                self.root.mkdir(parents=True, exist_ok=True, mode=self.dir_mode)
-                if self.shared:
-                    self.root.chmod(self.dir_mode)
-            except OSError as exc:
-                raise CacheDirError(
-                    f"cannot create cache directory {self.root}: {exc.strerror or exc}. Pass a "
-                    "directory you can write, or create it first."
-                ) from exc
+            self._create_root()
+            # what was created must pass the same check (a link planted meanwhile, a mode)
+            reason = untrusted_reason(self.root, shared=self.shared)
         if reason is None and not self.root.is_dir():
             raise CacheDirError(
                 f"cache directory {self.root} does not exist or is not a directory; create it "
@@ -121,6 +128,30 @@ class StoreDirectory:
             raise CacheDirError(f"{path} is not a torchshim cache (it holds no {TAG})")
         return cls(path, create=False, maintain=maintain)
 
+    def _create_root(self) -> None:
+        """Create the missing directories down to the root, each with the store's mode (not
+        the umask's) through a descriptor, never through a link."""
+        missing: list[str] = []
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            missing.append(existing.name)
+            existing = existing.parent
+        try:
+            fd = open_dir(existing)
+            try:
+                for name in reversed(missing):
+                    # a directory of its own; processes sharing a cache start together
+                    child = make_dir_at(fd, name, self.dir_mode)
+                    os.close(fd)
+                    fd = child
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CacheDirError(
+                f"cannot create cache directory {self.root}: {exc.strerror or exc}. Pass a "
+                "directory you can write, or create it first."
+            ) from exc
+
     def _open_root(self) -> str | None:
         real = os.path.realpath(self.root)
         try:
@@ -154,14 +185,18 @@ class StoreDirectory:
                 if not (self.writable and self._create):
                     continue
                 try:
-                    os.mkdir(sub, self.dir_mode, dir_fd=self.fd)
-                    if self.shared:
-                        os.chmod(sub, self.dir_mode, dir_fd=self.fd)
-                except FileExistsError:
-                    pass
+                    os.close(make_dir_at(self.fd, sub, self.dir_mode))
                 except OSError as exc:
                     return f"cannot create {sub}/ in it ({exc.strerror or exc})"
                 info = os.stat(sub, dir_fd=self.fd, follow_symlinks=False)
+            reason = untrusted_subdir(info, f"{sub}/ in it", shared=self.shared)
+            if reason is not None:
+                return reason
+        for sub in KERNEL_SUBDIRS:  # Inductor's and Triton's own caches, when they exist
+            try:
+                info = os.stat(sub, dir_fd=self.fd, follow_symlinks=False)
+            except OSError:
+                continue
             reason = untrusted_subdir(info, f"{sub}/ in it", shared=self.shared)
             if reason is not None:
                 return reason
@@ -177,7 +212,8 @@ class StoreDirectory:
             return
         with contextlib.suppress(OSError):
             body = {"format": STORE_FORMAT, "what": "torchshim compile cache; safe to delete"}
-            atomic_write(self.root / TAG, json.dumps(body).encode())
+            mode = 0o640 if self.shared else 0o600
+            atomic_write_at(self.fd, TAG, json.dumps(body).encode(), mode)
 
     @property
     def fd(self) -> int:
@@ -285,7 +321,7 @@ class StoreDirectory:
                         if leases.expired(info.st_mtime):
                             remove_tree_at(fd, name)
                             removed.append(self.root.joinpath(*place, name))
-            except (OSError, CacheDirError):
+            except (OSError, CacheDirError, RecursionError):
                 continue
         return removed
 

@@ -17,11 +17,13 @@ __all__ = [
     "LockTimeout",
     "UnsafePath",
     "atomic_write",
+    "atomic_write_at",
     "copy_hashed",
     "copy_verified",
     "file_lock",
     "fsync_dir",
     "fsync_tree",
+    "make_dir_at",
     "open_dir",
     "open_relative",
     "read_file_at",
@@ -52,22 +54,56 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(final: Path, data: bytes) -> None:
+def atomic_write(final: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``final`` so that readers see the old file or the new one, never a part:
     a temporary file in the same directory, fsync, ``os.replace``, fsync of the directory."""
-    tmp = temp_name(final)
+    fd = open_dir(final.parent)
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        with os.fdopen(os.open(tmp, flags, 0o600), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        atomic_write_at(fd, final.name, data, mode)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """:func:`atomic_write` of ``name`` inside the directory ``dir_fd``: the temporary is created
+    exclusively without following links and gets ``mode`` through its descriptor (never a
+    path-based chmod, which a link swapped in meanwhile would redirect)."""
+    tmp = f".{name}.tmp-{uuid.uuid4().hex}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        out = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        try:
+            os.fchmod(out, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
-    fsync_dir(final.parent)
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
+
+
+def make_dir_at(dir_fd: int, name: str, mode: int) -> int:
+    """Create directory ``name`` under ``dir_fd`` (or find it) and give it ``mode`` through a
+    descriptor opened without following links; the descriptor (the caller closes it). A link or
+    a directory of another user in its place is :class:`UnsafePath`."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    fd = open_dir(name, dir_fd=dir_fd)
+    info = os.fstat(fd)
+    if info.st_uid == getattr(os, "geteuid", lambda: -1)():
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
+    elif mode & 0o077 == 0:  # a private directory must be ours
+        os.close(fd)
+        raise UnsafePath(errno.EPERM, f"{name} belongs to uid {info.st_uid}")
+    return fd
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -93,7 +129,7 @@ def tree_files(root: Path) -> Iterator[Path]:
 def fsync_tree(root: Path) -> None:
     for path in tree_files(root):
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, _FILE_FLAGS)
             try:
                 os.fsync(fd)
             finally:
@@ -246,7 +282,10 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
         with os.scandir(fd) as listing:
             names = [entry.name for entry in listing]
         for child in names:
-            remove_tree_at(fd, child)
+            try:
+                remove_tree_at(fd, child)
+            except RecursionError:  # a tree nested deeper than Python recurses: leave the rest
+                break
     finally:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError, OSError):
@@ -254,7 +293,9 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, timeout: float, mode: int = 0o600) -> Iterator[None]:
+def file_lock(
+    path: Path, timeout: float, mode: int = 0o600, dir_fd: int | None = None
+) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` for the block, waiting at most ``timeout`` seconds.
 
     The kernel releases an ``flock`` when its holder dies, so a crash never blocks the others.
@@ -266,11 +307,12 @@ def file_lock(path: Path, timeout: float, mode: int = 0o600) -> Iterator[None]:
     """
     import fcntl
 
-    flags = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    name: str | Path = path.name if dir_fd is not None else path
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, mode)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | flags, mode, dir_fd=dir_fd)
     except PermissionError:
-        fd = os.open(path, os.O_RDONLY | flags)
+        fd = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePath(exc.errno, f"lock file {path} is a symbolic link") from None
@@ -279,7 +321,7 @@ def file_lock(path: Path, timeout: float, mode: int = 0o600) -> Iterator[None]:
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise UnsafePath(errno.EINVAL, f"lock file {path} is not a regular file")
-    if info.st_uid == getattr(os, "geteuid", lambda: -1)():
+    if info.st_uid == getattr(os, "geteuid", lambda: -1)() and info.st_nlink == 1:
         with contextlib.suppress(OSError):
             os.fchmod(fd, mode)  # the umask may have narrowed a shared store's group mode
     inode = info.st_ino

@@ -15,8 +15,8 @@ import uuid
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from torchshim.cache.files import LockTimeout, UnsafePath, atomic_write, open_relative
-from torchshim.cache.manifest import UNSIGNED
+from torchshim.cache.files import UnsafePath, atomic_write_at, open_relative
+from torchshim.cache.manifest import is_signature_problem
 from torchshim.errors import CacheDirError, CacheLockTimeout
 
 if TYPE_CHECKING:
@@ -119,8 +119,8 @@ def verify_all(store: CacheStore, quarantine_unsigned: bool = False) -> list[tup
         if problem is None:
             continue
         bad.append((entry.id, problem))
-        if problem == UNSIGNED and not quarantine_unsigned:
-            continue
+        if is_signature_problem(problem) and not quarantine_unsigned:
+            continue  # intact but unsigned (or another key's): reported, moved only on request
         store.count("corrupt", entry.id)
         store._quarantine(entry.id, problem)
     return bad
@@ -215,7 +215,7 @@ def read_stats(store: CacheStore) -> Counter[str]:
     finally:
         os.close(fd)
     for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
-        with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
+        with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError, RecursionError):
             record = json.loads(line)
             count = record.get("n", 1)
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
@@ -227,15 +227,14 @@ def compact_stats(store: CacheStore) -> None:
     """Fold ``stats.jsonl`` into one line per event (counts are kept)."""
     if not store.writable:
         return
-    with contextlib.suppress(LockTimeout, OSError, CacheDirError), store.stats_lock():
+    with contextlib.suppress(CacheLockTimeout, OSError, CacheDirError), store.stats_lock():
         totals = read_stats(store)
         text = "".join(
             json.dumps({"event": event, "n": n}) + "\n" for event, n in sorted(totals.items())
         )
-        path = store.root / "stats.jsonl"
         with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+            if not stat.S_ISREG(
+                os.stat("stats.jsonl", dir_fd=store.fd, follow_symlinks=False).st_mode
+            ):
                 return
-        atomic_write(path, text.encode())
-        with contextlib.suppress(OSError):
-            os.chmod(path, store.file_mode)
+        atomic_write_at(store.fd, "stats.jsonl", text.encode(), store.file_mode)

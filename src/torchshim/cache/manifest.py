@@ -47,9 +47,13 @@ def is_signature_problem(problem: str) -> bool:
 
 
 def payload(manifest: Mapping[str, Any]) -> bytes:
-    """The bytes a signature covers: every field but the signature, in a canonical form."""
+    """The bytes a signature covers: every field but the signature, in a canonical form (an
+    empty payload, which no signature matches, for one too deep to serialise)."""
     body = {k: v for k, v in manifest.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    try:
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    except (RecursionError, ValueError, TypeError):
+        return b""
 
 
 def build(
@@ -103,7 +107,7 @@ def parse(
     why it cannot be trusted. ``expect``: values its ``meta`` must hold (the torch build...)."""
     try:
         manifest = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return None, f"its manifest is unreadable ({type(exc).__name__})"
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return None, "its manifest is malformed"

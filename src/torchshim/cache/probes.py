@@ -8,15 +8,13 @@ badly signed record is ignored.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from torchshim.cache.files import UnsafePath, atomic_write, read_file_at
+from torchshim.cache.files import UnsafePath, atomic_write_at, read_file_at
 from torchshim.cache.manifest import payload
 from torchshim.cache.trust import sign, signature_verifies
 from torchshim.errors import CacheDirError
@@ -47,7 +45,7 @@ def read_probes(store: CacheStore, fingerprint: str) -> dict[str, bool]:
             if fd is None:
                 return {}
             record: Any = json.loads(read_file_at(fd, _name(fingerprint), _LIMIT))
-    except (OSError, ValueError, UnicodeDecodeError, CacheDirError, UnsafePath):
+    except (OSError, ValueError, UnicodeDecodeError, CacheDirError, UnsafePath, RecursionError):
         return {}
     if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
         return {}
@@ -71,8 +69,9 @@ def write_probes(store: CacheStore, fingerprint: str, results: Mapping[str, bool
         record["signature"] = sign(store.key, payload(record))
     path = store.root / "probes" / _name(fingerprint)
     try:
-        atomic_write(path, json.dumps(record, sort_keys=True).encode())
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o640 if store.shared else 0o600)
-    except OSError as exc:
+        with store._opened("probes") as fd:
+            if fd is not None:
+                data = json.dumps(record, sort_keys=True).encode()
+                atomic_write_at(fd, path.name, data, 0o640 if store.shared else 0o600)
+    except (OSError, CacheDirError) as exc:
         log.debug("could not record probe answers in %s: %s", path, exc)

@@ -54,8 +54,10 @@ from torchshim.cache.files import (
     copy_verified,
     file_lock,
     fsync_tree,
+    make_dir_at,
     open_dir,
     read_file_at,
+    remove_tree_at,
     sha256_file,
     tree_files,
 )
@@ -125,12 +127,19 @@ class CacheStore(StoreDirectory):
     and ``maintain``."""
 
     def __init__(
-        self, root: str | os.PathLike[str], *, create: bool = True, maintain: bool = True
+        self,
+        root: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        maintain: bool = True,
+        shared: bool | None = None,
     ) -> None:
         self.strict = config.strict()
         self.counters: Counter[str] = Counter()
+        #: seconds spent reading and verifying entries (checkouts)
+        self.verify_seconds = 0.0
         self._checkouts: list[Path] = []
-        super().__init__(root, create=create, maintain=maintain)
+        super().__init__(root, create=create, maintain=maintain, shared=shared)
         if self.enabled:
             _open_stores.append(self)
 
@@ -180,19 +189,29 @@ class CacheStore(StoreDirectory):
             return
         wait = config.lock_timeout() if timeout is None else timeout
         path = self.root / "locks" / f"{self.entry_dir(entry_id).name}.lock"
+        with self._held_lock(path, wait, f"cache entry {entry_id}"):
+            yield
+
+    @contextlib.contextmanager
+    def _held_lock(self, path: Path, wait: float, what: str) -> Iterator[None]:
+        """The ``flock`` on ``locks/<name>``, opened through the verified ``locks/`` descriptor.
+        Anything that prevents taking it is a :class:`CacheLockTimeout` (the caller compiles
+        without the cache); errors of the block itself pass through as they are."""
+        held = contextlib.ExitStack()
         try:
-            lock = file_lock(path, wait, self.file_mode)
-            with lock:
-                yield
+            with self._opened("locks") as locks_fd:
+                if locks_fd is None:
+                    raise FileNotFoundError(errno.ENOENT, "locks/ is missing", str(path.parent))
+                held.enter_context(file_lock(path, wait, self.file_mode, dir_fd=locks_fd))
         except LockTimeout as exc:
             raise CacheLockTimeout(
-                f"waited {wait:.0f} s for the lock of cache entry {entry_id} ({path}); "
-                "another process is compiling it. Raise TORCHSHIM_LOCK_TIMEOUT or try again."
+                f"waited {wait:.0f} s for the lock of {what} ({path}); another process is "
+                "compiling it. Raise TORCHSHIM_LOCK_TIMEOUT or try again."
             ) from exc
-        except (UnsafePath, PermissionError) as exc:
-            raise CacheLockTimeout(
-                f"cannot take the lock of cache entry {entry_id} ({path}): {exc}"
-            ) from exc
+        except (OSError, CacheDirError) as exc:
+            raise CacheLockTimeout(f"cannot take the lock of {what} ({path}): {exc}") from exc
+        with held:
+            yield
 
     # -- writing ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -222,68 +241,89 @@ class CacheStore(StoreDirectory):
         manifest = manifests.build(writer.entry_id, writer.key, writer.meta, files, self.key)
         fsync_tree(staging)
         atomic_write(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        source = staging
         if self.shared:
             source = self._copy_into_store(staging, list(files))
             shutil.rmtree(staging, ignore_errors=True)
+        else:
+            source = staging.name  # already in tmp/
         try:
             self._rename_into_place(writer, source)
         finally:
-            if source.exists():
-                shutil.rmtree(source, ignore_errors=True)
+            with contextlib.suppress(OSError, CacheDirError), self._opened("tmp") as tmp_fd:
+                if tmp_fd is not None:
+                    remove_tree_at(tmp_fd, source)  # what was not renamed (kept theirs)
         self.count("put", writer.entry_id)
         return self.entry_dir(writer.entry_id)
 
-    def _copy_into_store(self, staging: Path, names: list[str]) -> Path:
-        """A shared store's copy of a privately staged entry, group-readable, in ``tmp/``.
-        Someone of the group could change it before the rename; readers verify every file
-        against the (signed) manifest, so that is a miss, never a load of their bytes."""
-        target = self.root / "tmp" / f"stage-{uuid.uuid4().hex}"
+    def _copy_into_store(self, staging: Path, names: list[str]) -> str:
+        """A shared store's copy of a privately staged entry, in ``tmp/``: written while the
+        directory is private to this user (0700), then made group-readable, every file and
+        directory created exclusively through descriptors (a link another member swaps in is
+        refused, never followed). Readers verify every file against the (signed) manifest
+        anyway. The name of the copy inside ``tmp/``."""
+        name = f"stage-{uuid.uuid4().hex}"
         with self._opened("tmp") as tmp_fd:
             if tmp_fd is None:
                 raise CacheDirError(f"{self.root / 'tmp'} is missing")
-            os.mkdir(target.name, self.dir_mode, dir_fd=tmp_fd)
-            os.chmod(target.name, self.dir_mode, dir_fd=tmp_fd)
-        leases.hold(target)
-        try:
-            for rel in [*names, MANIFEST]:
-                out = target / rel
-                for parent in reversed(out.relative_to(target).parents[:-1]):
-                    directory = target / parent
-                    if not directory.is_dir():
-                        directory.mkdir(mode=self.dir_mode)
-                        directory.chmod(self.dir_mode)
-                shutil.copyfile(staging / rel, out, follow_symlinks=False)
-                out.chmod(0o640)
-            fsync_tree(target)
-        finally:
-            leases.release(target)
-        return target
+            stage_fd = make_dir_at(tmp_fd, name, 0o700)
+            leases.hold(self.root / "tmp" / name)
+            try:
+                for rel in [*names, MANIFEST]:
+                    parts = rel.split("/")
+                    opened: list[int] = []
+                    current = stage_fd
+                    try:
+                        for part in parts[:-1]:
+                            current = make_dir_at(current, part, self.dir_mode)
+                            opened.append(current)
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        out = os.open(parts[-1], flags, 0o640, dir_fd=current)
+                        try:
+                            os.fchmod(out, 0o640)
+                            with open(staging / rel, "rb") as source:
+                                while chunk := source.read(1 << 20):
+                                    os.write(out, chunk)
+                            os.fsync(out)
+                        finally:
+                            os.close(out)
+                    finally:
+                        for fd in reversed(opened):
+                            os.close(fd)
+                os.fchmod(stage_fd, self.dir_mode)
+                os.fsync(stage_fd)
+            finally:
+                os.close(stage_fd)
+                leases.release(self.root / "tmp" / name)
+        return name
 
-    def _rename_into_place(self, writer: EntryWriter, source: Path) -> None:
+    def _rename_into_place(self, writer: EntryWriter, source: str) -> None:
+        """Rename ``tmp/<source>`` to the entry's place, both sides reached through verified
+        descriptors. Another publisher's valid entry there is kept; a bad one is quarantined
+        and replaced."""
         entry_id = writer.entry_id
         _, parent, name = self._entry_parts(entry_id)
         with self._opened("entries") as entries_fd:
             if entries_fd is None:
                 raise CacheDirError(f"{self.root / 'entries'} is missing")
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(parent, self.dir_mode, dir_fd=entries_fd)
-                if self.shared:
-                    os.chmod(parent, self.dir_mode, dir_fd=entries_fd)
-        with self._opened("entries", parent) as parent_fd:
-            if parent_fd is None:
+            os.close(make_dir_at(entries_fd, parent, self.dir_mode))
+        with self._opened("tmp") as tmp_fd, self._opened("entries", parent) as parent_fd:
+            if parent_fd is None or tmp_fd is None:
                 raise CacheDirError(f"{self.root / 'entries' / parent} vanished")
             for _attempt in range(2):
                 try:
-                    os.rename(source, name, dst_dir_fd=parent_fd)
+                    os.rename(source, name, src_dir_fd=tmp_fd, dst_dir_fd=parent_fd)
                 except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                    if exc.errno not in (
+                        errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR
+                    ):  # fmt: skip
                         raise
                     _, problem = self._manifest_of(entry_id, {}, None)
                     if problem is None:  # another process published it first: keep theirs
                         writer.kept_existing = True
                         break
-                    self._quarantine(entry_id, problem)
+                    if not self._quarantine(entry_id, problem):
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=parent_fd)  # a file or link in its place
                     continue
                 with contextlib.suppress(OSError):
                     os.fsync(parent_fd)
@@ -355,6 +395,13 @@ class CacheStore(StoreDirectory):
         self, entry_id: str, expect: Mapping[str, Any], key: str | None = None
     ) -> Path | None:
         """A private, verified copy of the entry (removed at :meth:`close`), or ``None``."""
+        started = time.perf_counter()
+        try:
+            return self._checkout(entry_id, expect, key)
+        finally:
+            self.verify_seconds += time.perf_counter() - started
+
+    def _checkout(self, entry_id: str, expect: Mapping[str, Any], key: str | None) -> Path | None:
         manifest = self.read_manifest(entry_id, expect, key)
         if manifest is None:
             return None
@@ -418,9 +465,10 @@ class CacheStore(StoreDirectory):
                 "find and quarantine bad entries."
             )
         self.count("corrupt", entry_id)
-        if self.shared and manifests.is_signature_problem(problem):
-            # it may be another writer's, signed with a key this process does not hold: a miss
-            # here, left in place for them
+        if manifests.is_signature_problem(problem):
+            # intact, but unsigned or signed with another key (another writer's, maybe): a miss
+            # here, left in place; a publish of this entry replaces it, `cache verify
+            # --quarantine-unsigned` moves it aside
             self._warn_once(f"bad:{self.root}:{entry_id}", message + "; left in place.")
             return
         moved = self._quarantine(entry_id, problem)
@@ -464,6 +512,8 @@ class CacheStore(StoreDirectory):
             shutil.rmtree(path, ignore_errors=True)
         self._checkouts.clear()
         super().close()
+        with contextlib.suppress(ValueError):
+            _open_stores.remove(self)
 
     # -- the operator's view (see ``maintenance``) ------------------------------------------------
     def entries(self) -> list[EntryInfo]:
@@ -507,8 +557,8 @@ class CacheStore(StoreDirectory):
         compact_stats(self)
 
     def stats_lock(self) -> contextlib.AbstractContextManager[None]:
-        """The store-wide lock of ``stats.jsonl`` compaction."""
-        return file_lock(self.root / "locks" / "stats.lock", 30, self.file_mode)
+        """The store-wide lock of ``stats.jsonl`` compaction (:class:`CacheLockTimeout`)."""
+        return self._held_lock(self.root / "locks" / "stats.lock", 30, "the counters")
 
 
 _open_stores: list[CacheStore] = []

@@ -68,7 +68,12 @@ def load_target(
         raise ConfigError(
             f"precompile target {target!r}: {module_name} has no function {function_name}"
         )
-    result = function()
+    try:
+        result = function()
+    except Exception as exc:  # the user's function: say what it raised, in one line
+        raise ConfigError(
+            f"precompile target {target!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(result, tuple) or len(result) not in (2, 3):
         raise ConfigError(
             f"precompile target {target!r} returned {type(result).__name__}; it must return "

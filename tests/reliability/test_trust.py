@@ -389,3 +389,78 @@ def test_shared_store_ignores_unsigned_probe_records_and_never_copies_them(
     assert store.read_probes("fp") == {}
     monkeypatch.setenv("TORCHSHIM_CACHE_KEY", "secret")
     assert CacheStore(shared).read_probes("fp") == {}  # unsigned
+
+
+# -- review findings: descriptors, not paths; bad input is a miss, never a crash -------------------
+def test_directories_and_files_are_never_made_through_a_planted_link(tmp_path: Path) -> None:
+    from torchshim.cache.files import UnsafePath, atomic_write_at, make_dir_at, open_dir
+
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (victim / "file").write_text("untouched")
+    box = tmp_path / "box"
+    box.mkdir(mode=0o700)
+    (box / "stage").symlink_to(victim)
+    (box / "stats.jsonl").symlink_to(victim / "file")
+    fd = open_dir(box)
+    try:
+        with pytest.raises(UnsafePath):
+            make_dir_at(fd, "stage", 0o2770)
+        atomic_write_at(fd, "stats.jsonl", b"new", 0o660)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o700
+    assert (victim / "file").read_text() == "untouched"
+    assert (box / "stats.jsonl").read_bytes() == b"new" and not (box / "stats.jsonl").is_symlink()
+
+
+def test_nested_json_in_a_manifest_or_the_counters_is_a_miss_not_a_crash(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c")
+    entry = make_entry(store)
+    (entry / "manifest.json").write_bytes(b"[" * 200_000)
+    assert store.checkout(ID, BUILD) is None
+    assert store.counters["corrupt"] == 1
+    with (store.root / "stats.jsonl").open("ab") as counters:
+        counters.write(b"[" * 200_000 + b"\n")
+    store.count("hit", ID)
+    assert store.stats()["hit"] >= 1
+
+
+def test_publishing_over_a_stray_file_replaces_it(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c")
+    (store.root / "entries" / ID[:2]).mkdir()
+    (store.root / "entries" / ID[:2] / ID).write_text("not an entry")
+    make_entry(store)
+    assert store.checkout(ID, BUILD) is not None
+
+
+def test_a_missing_locks_directory_is_a_lock_timeout_not_a_crash(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c")
+    (store.root / "locks").rmdir()
+    with pytest.raises(CacheLockTimeout, match="cannot take the lock"), store.lock(ID, 1):
+        pass
+
+
+def test_the_users_own_directory_is_checked_even_when_caches_are_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchshim.adaptors import machine
+
+    monkeypatch.setenv("TORCHSHIM_CACHE_SHARED", "1")
+    monkeypatch.setenv("TORCHSHIM_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setattr(machine, "_machine_stores", {})
+    store = machine._machine_store()
+    assert store is not None and store.enabled and not store.shared
+    assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
+
+
+def test_created_parents_get_the_stores_mode_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        store = CacheStore(tmp_path / "a" / "b" / "c")
+    finally:
+        os.umask(old)
+    assert store.enabled
+    for part in ("a", "a/b", "a/b/c"):
+        assert stat.S_IMODE((tmp_path / part).stat().st_mode) == 0o700, part
+    assert CacheStore(tmp_path / "a" / "b" / "c").enabled  # and the next process trusts it

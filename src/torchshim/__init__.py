@@ -123,8 +123,8 @@ def precompile(
 ) -> dict[str, Any]:
     """Compile every graph ``model(*example_args)`` needs, general and per served size, into the
     cache ahead of time (a build step), so that serving processes only load; see
-    :mod:`torchshim.precompile` and ``torchshim precompile``."""
-    from torchshim.precompile import precompile as _precompile
+    :mod:`torchshim.aot_build` and ``torchshim precompile``."""
+    from torchshim.aot_build import precompile as _precompile
 
     return _precompile(model, example_args, options, example_kwargs=example_kwargs, **settings)
 

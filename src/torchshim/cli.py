@@ -277,8 +277,8 @@ def _cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def _cmd_precompile(args: argparse.Namespace) -> int:
+    from torchshim.aot_build import load_target, precompile
     from torchshim.config import parse_compile_sizes
-    from torchshim.precompile import load_target, precompile
 
     sizes = parse_compile_sizes(args.sizes, "--sizes")
     options = {"compile_sizes": sizes, "adaptor": args.adaptor}

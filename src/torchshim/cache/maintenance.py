@@ -133,16 +133,11 @@ def remove_entry(store: CacheStore, entry_id: str) -> bool:
     trash = f"trash-{uuid.uuid4().hex}"
     try:
         with store.lock(entry_id, timeout=0):
-            with (
-                store._opened("entries", entry_id[:2]) as parent_fd,
-                store._opened("tmp") as tmp_fd,
-            ):
-                if parent_fd is None or tmp_fd is None:
-                    return False
-                os.rename(entry_id, trash, src_dir_fd=parent_fd, dst_dir_fd=tmp_fd)
-            with store._opened("tmp") as tmp_fd:
-                if tmp_fd is not None:
-                    remove_tree_at(tmp_fd, trash)
+            if not store._move_entry(entry_id, "tmp", trash):
+                return False
+        with store._opened("tmp") as tmp_fd:
+            if tmp_fd is not None:
+                remove_tree_at(tmp_fd, trash)
     except (CacheLockTimeout, OSError, CacheDirError):
         return False
     return True

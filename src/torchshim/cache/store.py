@@ -55,7 +55,6 @@ from torchshim.cache.files import (
     file_lock,
     fsync_tree,
     make_dir_at,
-    open_dir,
     read_file_at,
     remove_tree_at,
     sha256_file,
@@ -70,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: How often an entry's last-use time is refreshed (Go's build cache does the same: cheap LRU).
 USE_TIME_GRANULARITY_S = 3600.0
+#: The "problem" of an entry that is not there: a plain miss.
+MISSING = "it is missing"
 #: ``stats.jsonl`` is folded into one line per event when it grows past this.
 STATS_COMPACT_BYTES = 256 << 10
 
@@ -344,16 +345,26 @@ class CacheStore(StoreDirectory):
     def _manifest_of(
         self, entry_id: str, expect: Mapping[str, Any], key: str | None
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """The entry's manifest, or why it cannot be trusted (files are not hashed here)."""
+        """The entry's manifest, or why it cannot be trusted (:data:`MISSING` when there is no
+        entry; files are not hashed here)."""
         try:
             with self._opened(*self._entry_parts(entry_id)) as fd:
                 if fd is None:
-                    return None, "it is missing"
-                data = read_file_at(fd, MANIFEST, manifests.MAX_MANIFEST_BYTES)
+                    return None, MISSING
+                return self._manifest_at(fd, entry_id, expect, key)
+        except UnsafePath as exc:
+            return None, f"its directory is unusable ({exc})"
+
+    def _manifest_at(
+        self, fd: int, entry_id: str, expect: Mapping[str, Any], key: str | None
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """:meth:`_manifest_of` for the entry directory open at ``fd``."""
+        try:
+            data = read_file_at(fd, MANIFEST, manifests.MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             return None, "its manifest is missing"
         except UnsafePath as exc:
-            return None, f"its manifest or directory is not a plain file or directory ({exc})"
+            return None, f"its manifest is not a plain file ({exc})"
         except OSError as exc:
             return None, f"its manifest is unreadable ({exc.strerror or exc})"
         return manifests.parse(data, entry_id, expect, self.key, key)
@@ -374,10 +385,10 @@ class CacheStore(StoreDirectory):
         by :meth:`checkout`."""
         if not self.enabled:
             return None
-        if not self.exists(entry_id):
+        manifest, problem = self._manifest_of(entry_id, expect, key)
+        if problem == MISSING:
             self.count("miss", entry_id)
             return None
-        manifest, problem = self._manifest_of(entry_id, expect, key)
         if problem is not None:
             self._bad_or_gone(entry_id, problem)
             return None
@@ -402,43 +413,49 @@ class CacheStore(StoreDirectory):
             self.verify_seconds += time.perf_counter() - started
 
     def _checkout(self, entry_id: str, expect: Mapping[str, Any], key: str | None) -> Path | None:
-        manifest = self.read_manifest(entry_id, expect, key)
-        if manifest is None:
+        if not self.enabled:
             return None
-        scratch = self._temp_dir("checkout")
-        problem = None
+        scratch: Path | None = None
         try:
+            # the manifest and every file it lists, read through one descriptor of the entry
             with self._opened(*self._entry_parts(entry_id)) as fd:
                 if fd is None:
-                    problem = "it vanished while being read"
-                for rel, record in sorted(manifest["files"].items()):
-                    if fd is None:
-                        break
-                    try:
-                        digest, _ = copy_verified(fd, rel, scratch / rel, record["size"])
-                    except FileNotFoundError:
-                        problem = f"its file {rel} is missing"
-                        break
-                    except UnsafePath as exc:
-                        problem = f"its file {rel} is unusable: {exc.strerror or exc}"
-                        break
-                    except OSError as exc:
-                        problem = f"its file {rel} is unreadable ({exc.strerror or exc})"
-                        break
-                    if digest != record["sha256"]:
-                        problem = f"its file {rel} does not match its SHA-256"
-                        break
+                    self.count("miss", entry_id)
+                    return None
+                manifest, problem = self._manifest_at(fd, entry_id, expect, key)
+                if manifest is not None:
+                    scratch = self._temp_dir("checkout")
+                    problem = self._copy_files(fd, manifest, scratch)
         except UnsafePath as exc:
             problem = f"its directory is unusable ({exc})"
         if problem is not None:
-            leases.release(scratch)
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                leases.release(scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
             self._bad_or_gone(entry_id, problem)
+            return None
+        if scratch is None:  # pragma: no cover - a manifest without a problem has a copy
             return None
         self._checkouts.append(scratch)
         self.count("hit", entry_id)
         self.touch(entry_id)
         return scratch
+
+    @staticmethod
+    def _copy_files(fd: int, manifest: Mapping[str, Any], scratch: Path) -> str | None:
+        """Copy and hash every file the manifest lists from the entry at ``fd``; the problem."""
+        for rel, record in sorted(manifest["files"].items()):
+            try:
+                digest, _ = copy_verified(fd, rel, scratch / rel, record["size"])
+            except FileNotFoundError:
+                return f"its file {rel} is missing"
+            except UnsafePath as exc:
+                return f"its file {rel} is unusable: {exc.strerror or exc}"
+            except OSError as exc:
+                return f"its file {rel} is unreadable ({exc.strerror or exc})"
+            if digest != record["sha256"]:
+                return f"its file {rel} does not match its SHA-256"
+        return None
 
     def touch(self, entry_id: str) -> None:
         """Refresh the entry's last-use time, at most once per hour (cheap LRU for prune)."""
@@ -475,32 +492,36 @@ class CacheStore(StoreDirectory):
         where = f"; moved to {moved}" if moved else ""
         self._warn_once(f"bad:{self.root}:{entry_id}", message + where + ".")
 
+    def _move_entry(self, entry_id: str, place: str, name: str) -> bool:
+        """Rename the entry to ``<place>/<name>`` (``quarantine``, ``tmp``), both sides reached
+        through verified descriptors; ``False`` when it is gone or cannot be moved."""
+        try:
+            with (
+                self._opened("entries", entry_id[:2]) as parent_fd,
+                self._opened(place) as target_fd,
+            ):
+                if parent_fd is None or target_fd is None:
+                    return False
+                os.rename(entry_id, name, src_dir_fd=parent_fd, dst_dir_fd=target_fd)
+        except (OSError, CacheDirError):
+            return False  # gone already (another process moved it) or not movable
+        return True
+
     def _quarantine(self, entry_id: str, problem: str) -> Path | None:
         """Move the entry to ``quarantine/`` with a note of why; never through a link."""
         if not self.writable:
             return None
         name = f"{entry_id}-{int(time.time())}-{uuid.uuid4().hex[:8]}"
-        try:
-            with (
-                self._opened("entries", entry_id[:2]) as parent_fd,
-                self._opened("quarantine") as target_fd,
-            ):
-                if parent_fd is None or target_fd is None:
-                    return None
-                os.rename(entry_id, name, src_dir_fd=parent_fd, dst_dir_fd=target_fd)
-                with contextlib.suppress(OSError):
-                    moved = open_dir(name, dir_fd=target_fd)
-                    try:
-                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                        note = os.open("QUARANTINED.txt", flags, 0o644, dir_fd=moved)
-                        try:
-                            os.write(note, (problem + "\n").encode())
-                        finally:
-                            os.close(note)
-                    finally:
-                        os.close(moved)
-        except (OSError, CacheDirError):
-            return None  # gone already (another process moved it) or not movable
+        if not self._move_entry(entry_id, "quarantine", name):
+            return None
+        with contextlib.suppress(OSError, CacheDirError), self._opened("quarantine", name) as moved:
+            if moved is not None:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                note = os.open("QUARANTINED.txt", flags, 0o644, dir_fd=moved)
+                try:
+                    os.write(note, (problem + "\n").encode())
+                finally:
+                    os.close(note)
         self.count("quarantined", entry_id)
         return self.root / "quarantine" / name
 

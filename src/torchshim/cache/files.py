@@ -6,7 +6,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import time
 import uuid
@@ -18,7 +17,6 @@ __all__ = [
     "UnsafePath",
     "atomic_write",
     "atomic_write_at",
-    "copy_hashed",
     "copy_verified",
     "file_lock",
     "fsync_dir",
@@ -30,18 +28,10 @@ __all__ = [
     "read_limited",
     "remove_tree_at",
     "sha256_file",
-    "temp_name",
     "tree_files",
 ]
 
 _CHUNK = 1 << 20
-
-
-def temp_name(final: Path, tag: str = "tmp") -> Path:
-    """A temporary name beside ``final``: same directory (so ``os.replace`` is a rename), a random
-    suffix (PIDs repeat across containers sharing a volume), a leading dot (never mistaken for an
-    entry by readers)."""
-    return final.with_name(f".{final.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -136,21 +126,6 @@ def fsync_tree(root: Path) -> None:
                 os.close(fd)
     for dirpath, _dirnames, _files in os.walk(root):
         fsync_dir(Path(dirpath))
-
-
-def copy_hashed(source: Path, target: Path) -> tuple[str, int]:
-    """Copy ``source`` to ``target`` and return the SHA-256 and size of exactly the bytes written,
-    so that what a reader uses is what was verified (no window between check and use)."""
-    digest = hashlib.sha256()
-    size = 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        while chunk := src.read(_CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-    shutil.copymode(source, target)
-    return digest.hexdigest(), size
 
 
 class LockTimeout(TimeoutError):

@@ -17,7 +17,13 @@ from packaging.version import InvalidVersion, Version
 
 from torchshim.errors import TorchVersionParseError
 
-__all__ = ["TorchSeries", "installed_torch_version", "parse_series", "torch_series"]
+__all__ = [
+    "TorchSeries",
+    "cuda_build",
+    "installed_torch_version",
+    "parse_series",
+    "torch_series",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -74,6 +80,16 @@ def installed_torch_version() -> str:
     import torch
 
     return str(torch.__version__)
+
+
+@functools.cache
+def cuda_build() -> str | None:
+    """The CUDA version the installed torch was built for, ``None`` for a CPU-only build (for
+    messages only)."""
+    import torch
+
+    version = torch.version.cuda
+    return None if version is None else str(version)
 
 
 @functools.cache

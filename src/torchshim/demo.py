@@ -221,10 +221,10 @@ def check_device(device: str) -> None:
         return
     import torch
 
-    from torchshim._version import installed_torch_version
+    from torchshim._version import cuda_build, installed_torch_version
 
     if not torch.cuda.is_available():
-        build = " (a CPU-only build)" if torch.version.cuda is None else ""
+        build = " (a CPU-only build)" if cuda_build() is None else ""
         raise DemoError(
             f"--device cuda: torch {installed_torch_version()}{build} sees no CUDA device "
             "(torch.cuda.is_available() is False); run with --device cpu, or on a machine with "

@@ -57,7 +57,7 @@ def _warn_float_symbols(adaptor: str, symbols: tuple[str, ...]) -> None:
         "floats are specialised. A compiling process would end with another graph than a "
         "loading process gets, so cached entries would never be found: torchshim asks Dynamo to "
         "re-trace with these floats specialised. Capture under `with torchshim.capture_config():` "
-        "(torch._dynamo.config.specialize_float=True), as torchshim's backend does, to trace "
+        "(Dynamo's specialize_float=True), as torchshim's backend does, to trace "
         "once.",
         adaptor,
         ", ".join(symbols),

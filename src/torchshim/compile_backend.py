@@ -36,9 +36,16 @@ from torchshim.adaptors import (
 from torchshim.adaptors.graphs import batch_dims, mutated_inputs
 from torchshim.adaptors.handles import RuntimeShape, check_runtime_shape, shape_label
 from torchshim.cache import CacheStore, default_cache_dir
-from torchshim.errors import CacheLockTimeout, ConfigError, LoadError, TorchShimError
+from torchshim.errors import CacheLockTimeout, ConfigError, LoadError, own_error
 from torchshim.options import BackendOptions, options_from
-from torchshim.serving import BatchLayout, GraphedVariant, ServingStats, make_dispatcher
+from torchshim.serving import (
+    BatchLayout,
+    GraphedVariant,
+    ServingStats,
+    input_spec,
+    make_dispatcher,
+    static_batch,
+)
 from torchshim.shims import active
 
 __all__ = [
@@ -244,7 +251,7 @@ class Backend:
             return variants
         served: list[RuntimeShape] = [s for s in variants if isinstance(s, int)]
         if layout.position is None and variants:
-            batch = _static_batch(example_inputs, self.options.batch_dim)
+            batch = static_batch(example_inputs, self.options.batch_dim)
             served = [None] if batch in self.compile_sizes else []
         if not served:
             return variants
@@ -266,7 +273,7 @@ class Backend:
             self._pool = active().module.cuda_graph_pool()
         graphed = dict(variants)
         for shape in served:
-            size = shape if isinstance(shape, int) else _static_batch(example_inputs, 0)
+            size = shape if isinstance(shape, int) else static_batch(example_inputs, 0)
             variant = GraphedVariant(
                 self._label(index, shape),
                 variants[shape],
@@ -274,7 +281,7 @@ class Backend:
                 self._pool,
                 self.serving,
                 size=size,
-                spec=_input_spec(example_inputs, layout, size),
+                spec=input_spec(example_inputs, layout, size),
             )
             graphed[shape] = variant
             self._graphed.append(variant)
@@ -468,43 +475,6 @@ class Backend:
         )
 
 
-def _static_batch(example_inputs: Sequence[Any], batch_dim: int | None) -> int | None:
-    """The batch of a graph traced with static sizes: the first tensor input's ``batch_dim``."""
-    import torch
-
-    dim = 0 if batch_dim is None else batch_dim
-    for value in example_inputs:
-        if isinstance(value, torch.Tensor) and value.dim() > dim:
-            return int(value.shape[dim])
-    return None
-
-
-def _input_spec(example_inputs: Sequence[Any], layout: BatchLayout, size: int | None) -> list[Any]:
-    """How to make a call of batch ``size`` from the example inputs (for capturing up front):
-    parameters and buffers as they are, other tensors as zeros of their shape with the batch
-    dimensions set to ``size``, the batch itself where it is an int input."""
-    import torch
-
-    batch_dims_of: dict[int, list[int]] = {}
-    for index, dim in layout.input_dims:
-        batch_dims_of.setdefault(index, []).append(dim)
-    spec: list[Any] = []
-    for index, value in enumerate(example_inputs):
-        if isinstance(value, torch.Tensor) and index in layout.static_inputs:
-            spec.append(("static", value))
-        elif isinstance(value, torch.Tensor):
-            shape = [int(n) for n in value.shape]
-            for dim in batch_dims_of.get(index, []):
-                if size is not None:
-                    shape[dim] = size
-            spec.append(("zeros", tuple(shape), value.dtype, value.device))
-        elif layout.position == (index, None) and size is not None:
-            spec.append(("value", size))
-        else:
-            spec.append(("value", value))
-    return spec
-
-
 def backend(
     options: str | os.PathLike[str] | BackendOptions | None = None, /, **settings: Any
 ) -> Backend:
@@ -538,19 +508,6 @@ def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., 
             _registered = Backend(BackendOptions.from_environment())
         chosen = _registered
     return chosen(gm, example_inputs)
-
-
-def _own_error(exc: BaseException) -> TorchShimError | None:
-    """torchshim's own error inside the wrapper Dynamo puts around a backend's exception."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, TorchShimError):
-            return current
-        seen.add(id(current))
-        inner = getattr(current, "inner_exception", None)
-        current = inner if isinstance(inner, BaseException) else current.__cause__
-    return None
 
 
 def _cut(values: Any, dim: int, size: int) -> Any:
@@ -592,7 +549,7 @@ def compile(
         try:
             return call(*args, **kwargs)
         except Exception as exc:
-            own = _own_error(exc)
+            own = own_error(exc)
             if own is None or own is exc:
                 raise
             raise own from exc

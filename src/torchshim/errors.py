@@ -24,6 +24,7 @@ __all__ = [
     "UnknownAdaptorError",
     "UnsupportedGraphError",
     "UnsupportedTorchVersion",
+    "own_error",
 ]
 
 
@@ -128,3 +129,17 @@ class DemoError(TorchShimError, RuntimeError):
     """``torchshim demo`` cannot run or did not finish: an unusable option (device, cache
     directory, output file) found before any worker starts, or a worker that failed (the message
     carries the worker's exception type and message)."""
+
+
+def own_error(exc: BaseException) -> TorchShimError | None:
+    """torchshim's own error inside the wrappers around it (Dynamo's ``BackendCompilerFailed``
+    keeps a backend's exception as ``inner_exception`` and ``__cause__``), or ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TorchShimError):
+            return current
+        seen.add(id(current))
+        inner = getattr(current, "inner_exception", None)
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return None

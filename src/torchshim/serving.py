@@ -31,7 +31,14 @@ from typing import Any
 from torchshim.adaptors.handles import RuntimeShape, shape_label
 from torchshim.shims import active
 
-__all__ = ["BatchLayout", "GraphedVariant", "ServingStats", "make_dispatcher"]
+__all__ = [
+    "BatchLayout",
+    "GraphedVariant",
+    "ServingStats",
+    "input_spec",
+    "make_dispatcher",
+    "static_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +103,6 @@ class GraphedVariant:
         self._row_dims = dict(layout.input_dims)
         self._lock = threading.Lock()
         self._graph: Any = None
-        self._static: list[Any] = []
         self._outputs: Any = None
         self._refs: list[tuple[int, Any]] = []
         self._buffers: list[tuple[int, Any]] = []
@@ -139,7 +145,7 @@ class GraphedVariant:
                 return False
             self.stats.capture_seconds += time.perf_counter() - started
             self.stats.captured[self.label] = max(0, torch.cuda.memory_reserved() - before)
-            self._graph, self._static, self._outputs = graph, static, outputs
+            self._graph, self._outputs = graph, outputs
             self._refs = [(i, v) for i, v in enumerate(static) if i in self.layout.static_inputs]
             self._buffers = [
                 (i, v)
@@ -262,6 +268,43 @@ def _cut(outputs: Any, layout: BatchLayout, batch: int, target: int) -> Any:
     if single:
         return items[0]
     return type(outputs)(items)
+
+
+def static_batch(example_inputs: Sequence[Any], batch_dim: int | None) -> int | None:
+    """The batch of a graph traced with static sizes: the first tensor input's ``batch_dim``."""
+    import torch
+
+    dim = 0 if batch_dim is None else batch_dim
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor) and value.dim() > dim:
+            return int(value.shape[dim])
+    return None
+
+
+def input_spec(example_inputs: Sequence[Any], layout: BatchLayout, size: int | None) -> list[Any]:
+    """How to make a call of batch ``size`` from the example inputs (for capturing up front):
+    parameters and buffers as they are, other tensors as zeros of their shape with the batch
+    dimensions set to ``size``, the batch itself where it is an int input."""
+    import torch
+
+    batch_dims_of: dict[int, list[int]] = {}
+    for index, dim in layout.input_dims:
+        batch_dims_of.setdefault(index, []).append(dim)
+    spec: list[Any] = []
+    for index, value in enumerate(example_inputs):
+        if isinstance(value, torch.Tensor) and index in layout.static_inputs:
+            spec.append(("static", value))
+        elif isinstance(value, torch.Tensor):
+            shape = [int(n) for n in value.shape]
+            for dim in batch_dims_of.get(index, []):
+                if size is not None:
+                    shape[dim] = size
+            spec.append(("zeros", tuple(shape), value.dtype, value.device))
+        elif layout.position == (index, None) and size is not None:
+            spec.append(("value", size))
+        else:
+            spec.append(("value", value))
+    return spec
 
 
 def make_dispatcher(

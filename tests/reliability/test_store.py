@@ -232,7 +232,7 @@ def test_cache_cli_info_verify_prune_explain_clear(
 
 
 def test_backend_directories_are_read_per_rank(tmp_path: Path) -> None:
-    from torchshim.cli import _stores
+    from torchshim.cli_cache import stores as _stores
 
     for rank in (0, 1):
         make_entry(CacheStore(tmp_path / f"rank_{rank}"))

@@ -36,7 +36,7 @@ from torchshim.adaptors import (
 from torchshim.adaptors.graphs import batch_dims, mutated_inputs
 from torchshim.adaptors.handles import RuntimeShape, check_runtime_shape, shape_label
 from torchshim.cache import CacheStore, default_cache_dir
-from torchshim.errors import CacheLockTimeout, ConfigError, LoadError, own_error
+from torchshim.errors import CacheLockTimeout, ConfigError, LoadError
 from torchshim.options import BackendOptions, options_from
 from torchshim.serving import (
     BatchLayout,
@@ -91,10 +91,16 @@ class BackendStats:
     compile_seconds: float = 0.0
     first_call_seconds: float = 0.0
     dynamo_seconds: float = 0.0
+    #: torch 2.10+: reading and checking the saved Dynamo output (its graphs load at their first
+    #: call, counted in ``load_seconds``); whether it was used; traces saved in this process
+    program_seconds: float = 0.0
+    program_loaded: bool = False
+    traced: int = 0
 
     def phases(self) -> dict[str, float]:
         return {
             "dynamo_s": round(self.dynamo_seconds, 3),
+            "program_s": round(self.program_seconds, 3),
             "verify_s": round(self.verify_seconds, 3),
             "load_s": round(self.load_seconds, 3),
             "compile_s": round(self.compile_seconds, 3),
@@ -111,6 +117,8 @@ class BackendStats:
             "eager": self.eager,
             "uncached": self.uncached,
             "general_fallbacks": self.general_fallbacks,
+            "trace_loaded": self.program_loaded,
+            "traces_saved": self.traced,
             "seconds": round(self.seconds, 3),
             "serving": self.serving.as_dict(),
             "phases": self.phases(),
@@ -141,6 +149,8 @@ class Backend:
         self._pool: Any = None
         self._graphed: list[GraphedVariant] = []
         self._lock = threading.Lock()
+        self._saving = False
+        self._static: frozenset[int] | None = None
         # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch, a
         # compiler config Inductor would reject
         adaptor = make_adaptor(self.adaptor_name)
@@ -171,7 +181,59 @@ class Backend:
     # -- the backend ----------------------------------------------------------------------------
     def __call__(self, gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         with self._lock:
-            return self._compile_graph(gm, example_inputs)
+            fn = self._compile_graph(gm, example_inputs)
+            if not self._saving:
+                return fn
+            # a trace being saved (torch 2.10+): the graph goes into the saved program as its
+            # key and the graph itself, to be loaded from the cache by a warm process
+            from torchshim.warm import saving_payload
+
+            static = active().module.static_input_indices(gm, example_inputs)
+            digest = graph_digest(gm, example_inputs)
+            saved: Callable[..., Any] = active().module.saved_graph(
+                fn, saving_payload(gm, example_inputs, sorted(static), digest)
+            )
+            return saved
+
+    # -- saved traces (torch.compile's first call, torch 2.10+) -----------------------------------
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Graphs compiled in the block are returned ready to be saved in Dynamo's output."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+
+    def program_store(self) -> CacheStore | None:
+        """The cache store saved traces live in (this rank's), or ``None`` when there is none."""
+        if not make_adaptor(self.adaptor_name).stores_artifacts:
+            return None
+        store = CacheStore(self.root)
+        return store if store.enabled else None
+
+    def restore(self, payload: bytes) -> Any:
+        """A graph of a loaded saved trace (built at its first call)."""
+        from torchshim.warm import RestoredGraph
+
+        return RestoredGraph(self, payload)
+
+    def restore_graph(
+        self, gm: Any, example_inputs: Sequence[Any], static: frozenset[int], digest: str
+    ) -> Callable[..., Any]:
+        """Build a graph of a loaded saved trace as if Dynamo had just traced it."""
+        with self._lock:
+            self._static = static
+            try:
+                fn = self._compile_graph(gm, example_inputs)
+            finally:
+                self._static = None
+        if self.stats.graphs and digest != graph_digest(gm, example_inputs):
+            log.warning(
+                "torchshim: a graph of the saved trace has another key than when it was saved "
+                "(it was compiled or loaded afresh)"
+            )
+        return fn
 
     @contextlib.contextmanager
     def _adaptor(self) -> Iterator[CompilerInterface]:
@@ -233,7 +295,11 @@ class Backend:
             position=position,
             input_dims=tuple(input_dims),
             output_dims=tuple(output_dims),
-            static_inputs=active().module.static_input_indices(gm, example_inputs),
+            static_inputs=(
+                self._static
+                if self._static is not None
+                else active().module.static_input_indices(gm, example_inputs)
+            ),
             not_capturable=why,
         )
 
@@ -510,20 +576,6 @@ def registered_backend(gm: Any, example_inputs: Sequence[Any]) -> Callable[..., 
     return chosen(gm, example_inputs)
 
 
-def _cut(values: Any, dim: int, size: int) -> Any:
-    """Tensors in ``values`` (a tuple or dict) narrowed to ``size`` along ``dim``."""
-    import torch
-
-    def cut(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() > dim and value.shape[dim] >= size:
-            return value.narrow(dim, 0, size).clone()  # a fresh tensor, as callers pass
-        return value
-
-    if isinstance(values, dict):
-        return {k: cut(v) for k, v in values.items()}
-    return tuple(cut(v) for v in values)
-
-
 def compile(
     model: Callable[..., Any],
     options: str | os.PathLike[str] | BackendOptions | None = None,
@@ -531,58 +583,15 @@ def compile(
     **settings: Any,
 ) -> Callable[..., Any]:
     """``torch.compile`` with torchshim's backend, traced once with a symbolic batch dimension
-    under the shim's capture configuration (so compiling and loading processes get one graph).
-    ``compile(model, cache_dir, **settings)`` or ``compile(model, BackendOptions(...))``.
+    under the shim's capture configuration (so compiling and loading processes get one graph);
+    on torch 2.10+ the trace is saved and a warm process runs it without tracing
+    (:mod:`torchshim.warm`). ``compile(model, cache_dir, **settings)`` or
+    ``compile(model, BackendOptions(...))``.
 
     ``batch_dim``: the dimension of every tensor argument that is the batch (marked dynamic on the
     first call); ``None`` leaves dynamism to Dynamo. An error of torchshim's own (a bad setting,
     an unusable cache) is raised as itself, not inside Dynamo's ``BackendCompilerFailed``.
     """
-    import torch
+    from torchshim.warm import compile_model
 
-    chosen = Backend(options, **settings)
-    batch_dim = chosen.options.batch_dim
-    compiled = torch.compile(model, backend=chosen)
-    state = {"first": True}
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:
-            own = own_error(exc)
-            if own is None or own is exc:
-                raise
-            raise own from exc
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if not state["first"]:
-            return compiled(*args, **kwargs)
-        started = time.perf_counter()
-        shim = active().module
-        dim = -1 if batch_dim is None else batch_dim
-        batched = [
-            value
-            for value in (*args, *kwargs.values())
-            if isinstance(value, torch.Tensor) and dim >= 0 and value.dim() > dim
-        ]
-        for value in batched:
-            shim.mark_dynamic(value, dim)
-        with shim.capture_config():
-            out = compiled(*args, **kwargs)
-            if batched:
-                # Dynamo gives batch sizes 0 and 1 a graph of their own: trace (and compile or
-                # load) it now, with the inputs cut to that size, so no first call waits for it
-                for size in (s for s in chosen.compile_sizes if s < 2):
-                    compiled(*_cut(args, dim, size), **_cut(kwargs, dim, size))
-        # every graph is ready: capture the served sizes' CUDA graphs now, as part of the start
-        chosen.capture_graphs()
-        stats = chosen.stats
-        stats.first_call_seconds = time.perf_counter() - started
-        capture = stats.serving.capture_seconds + stats.serving.first_run_seconds
-        stats.dynamo_seconds = max(0.0, stats.first_call_seconds - stats.seconds - capture)
-        state["first"] = False
-        return out
-
-    run.__wrapped__ = compiled  # type: ignore[attr-defined]
-    run.backend = chosen  # type: ignore[attr-defined]
-    return run
+    return compile_model(model, options, **settings)

@@ -44,7 +44,9 @@ class BackendOptions:
     inputs are on CUDA; ``True`` on a CPU graph is a :class:`ConfigError`). ``pad_batch``: a batch
     between served sizes runs the next larger size's graph on inputs padded with zeros along the
     batch, its outputs cut back; only right for models whose rows are independent (not batch
-    norm in training, not attention or pooling across the batch).
+    norm in training, not attention or pooling across the batch). ``save_trace``: for
+    ``torchshim.compile`` on torch 2.10+, save Dynamo's output beside the graphs so that a warm
+    process runs it instead of tracing the model (see :mod:`torchshim.warm`).
     """
 
     cache_dir: Path | None = None
@@ -56,6 +58,7 @@ class BackendOptions:
     batch_dim: int | None = 0
     cudagraphs: bool | None = None
     pad_batch: bool = False
+    save_trace: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -96,7 +99,7 @@ class BackendOptions:
             or timeout < 0
         ):
             raise ConfigError(f"lock_timeout must be finite seconds >= 0, got {timeout!r}")
-        for name in ("cudagraphs", "pad_batch"):
+        for name in ("cudagraphs", "pad_batch", "save_trace"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (name == "cudagraphs" and value is None)):
                 allowed = "None, True or False" if name == "cudagraphs" else "True or False"

@@ -50,7 +50,7 @@ REGISTRY: dict[TorchSeries, str] = {
     TorchSeries(2, 7): "torch_2_06",
     TorchSeries(2, 8): "torch_2_08",
     TorchSeries(2, 9): "torch_2_09",
-    TorchSeries(2, 10): "torch_2_09",
+    TorchSeries(2, 10): "torch_2_10",
     TorchSeries(2, 11): "torch_2_11",
     TorchSeries(2, 12): "torch_2_11",
     TorchSeries(2, 13): "torch_2_11",
@@ -69,6 +69,7 @@ CAPABILITY_NAMES: dict[str, str] = {
     "supports_standalone_binary_format": "CompiledArtifact.save/load with format='binary'",
     "supports_standalone_unpacked_format": "CompiledArtifact.save/load with format='unpacked'",
     "supports_standalone_from_graph": "standalone_compile(dynamic_shapes='from_graph') on any graph",
+    "supports_dynamo_program": "save Dynamo's output and run it in a warm process without tracing",
 }
 
 

@@ -264,3 +264,52 @@ class ShimModule(Protocol):
     def warm_up_cpu(self) -> None:
         """Pay Inductor's one-time CPU initialisation (vector ISA probing) now."""
         ...
+
+    # --- Dynamo's saved output (capability supports_dynamo_program) ----------------------------
+    def capture_program(
+        self, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], backend: Any
+    ) -> Any:
+        """Trace ``fn(*args, **kwargs)`` whole with ``backend`` into a program that can be saved
+        (Dynamo's bytecode, its guards and the backend's compiled graphs)."""
+        ...
+
+    def save_program(self, program: Any) -> bytes:
+        """A captured program as bytes."""
+        ...
+
+    def load_program(
+        self, data: bytes, f_globals: dict[str, Any], restore: Callable[[bytes], Any]
+    ) -> Any:
+        """The program saved as ``data``; ``restore`` rebuilds each compiled graph from the
+        payload given to :meth:`saved_graph`. Raises when the bytes are not a program of this
+        torch build."""
+        ...
+
+    def saved_graph(self, fn: Callable[..., Any], payload: bytes) -> Any:
+        """What the backend returns while a program is captured: ``fn`` and the bytes it is
+        rebuilt from."""
+        ...
+
+    def program_guard(self, program: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether the program's saved guards accept the call."""
+        ...
+
+    def program_why_not(self, program: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+        """The first saved guard that refuses the call, in words."""
+        ...
+
+    def program_call(self, program: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        """Run a program whose guards accepted the call."""
+        ...
+
+    def program_modules(self, program: Any) -> list[str]:
+        """The modules whose code the program's trace read."""
+        ...
+
+    def graph_to_bytes(self, graph: Any) -> bytes:
+        """A Dynamo graph with the metadata torchshim reads (inputs' and outputs' example values)."""
+        ...
+
+    def graph_from_bytes(self, data: bytes) -> Any:
+        """The graph :meth:`graph_to_bytes` saved, its example values in a fresh fake mode."""
+        ...

@@ -1,4 +1,4 @@
-"""Shim for torch 2.9 and 2.10.
+"""Shim for torch 2.9.
 
 What changed from 2.8: ``standalone_compile(dynamic_shapes="from_graph")`` works for single-output
 graphs (2.8.0 raised ``TypeError: 'Node' object is not iterable``). Everything else is 2.8's.

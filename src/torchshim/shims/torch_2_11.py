@@ -17,10 +17,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from torchshim.shims import torch_2_09 as _base
+from torchshim.shims import torch_2_10 as _base
 from torchshim.shims.torch_2_05 import AlwaysHitShapeEnv as _AlwaysHitShapeEnv210
 from torchshim.shims.torch_2_08 import _shape_env_patches
-from torchshim.shims.torch_2_09 import *  # noqa: F403  (everything that did not change)
+from torchshim.shims.torch_2_10 import *  # noqa: F403  (everything that did not change)
 
 __all__ = list(_base.__all__)
 

@@ -1,0 +1,138 @@
+"""Warm start at the floor: a warm process runs the saved Dynamo trace (torch 2.10+; capability
+``supports_dynamo_program``) and the stored graphs, tracing and compiling nothing; every factor a
+saved trace depends on, changed one at a time, is a miss with its log line and correct outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from torchshim.shims import active, capabilities
+
+pytestmark = pytest.mark.compile
+
+HERE = Path(__file__).parent
+SAVES_TRACES = "supports_dynamo_program" in capabilities()
+FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
+FIRST_OF_SHIM = active().series == active().module.FIRST_SERIES
+
+MODEL = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up, self.down = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.scale = 0.5
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x)))) * self.scale
+"""
+
+
+def _run(model_dir: Path, cache: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "warm_child.py"), str(model_dir), str(cache), *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT ") :]), done.stderr
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """A model directory and a cache a cold process filled; the cold process's result."""
+    root = tmp_path_factory.mktemp("warm")
+    (root / "model").mkdir()
+    (root / "model" / "warm_model.py").write_text(MODEL)
+    cold, _ = _run(root / "model", root / "cache")
+    return root / "model", root / "cache", cold
+
+
+def test_a_warm_process_traces_and_compiles_nothing(
+    warm: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    model_dir, cache, cold = warm
+    assert cold["same"] and cold["compiled"] >= 1 and cold["frames"] >= 1
+    result, _ = _run(model_dir, cache)
+    assert result["same"] and result["compiled"] == 0 and result["loaded"] == cold["compiled"]
+    if SAVES_TRACES:
+        assert cold["traces_saved"] == 2  # the symbolic batch and batch 1
+        assert result["trace_loaded"] and result["frames"] == 0, result
+    else:  # traced as torch.compile does: the same two frames, no compile
+        assert not result["trace_loaded"] and result["frames"] == cold["frames"]
+
+
+FACTORS = [
+    (("--dim", "24"), "parameters"),
+    (("--dtype", "float64"), "parameters"),
+    (("--seq", "6"), "inputs"),
+    (("--config", "max_autotune=False"), "compiler_config"),
+]
+
+
+@pytest.mark.skipif(not SAVES_TRACES, reason="the series cannot save Dynamo's output")
+@pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
+@pytest.mark.parametrize(("change", "factor"), FACTORS, ids=[f[1] + f[0][1] for f in FACTORS])
+def test_each_factor_changed_is_a_miss_with_its_line(
+    warm: tuple[Path, Path, dict[str, Any]], change: tuple[str, str], factor: str
+) -> None:
+    model_dir, cache, _cold = warm
+    result, log = _run(model_dir, cache, "--sizes", "", *change)
+    assert result["same"] and not result["trace_loaded"] and result["frames"] >= 1, result
+    assert f"is for another {factor}" in log or f"another {factor}" in log, log[-3000:]
+
+
+@pytest.mark.skipif(not SAVES_TRACES, reason="the series cannot save Dynamo's output")
+@pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
+def test_an_edited_model_source_is_a_miss(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "warm_model.py").write_text(MODEL)
+    cache = tmp_path / "cache"
+    _run(model_dir, cache, "--sizes", "")
+    (model_dir / "warm_model.py").write_text(MODEL.replace("self.scale = 0.5", "self.scale = 0.25"))
+    result, log = _run(model_dir, cache, "--sizes", "")
+    assert result["same"] and not result["trace_loaded"] and result["frames"] >= 1, result
+    assert "another model_source" in log, log[-3000:]
+
+
+@pytest.mark.skipif(not SAVES_TRACES, reason="the series cannot save Dynamo's output")
+@pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
+def test_a_saved_trace_that_does_not_load_is_a_miss(tmp_path: Path) -> None:
+    """Bytes that are not a program of this torch build (another build's, a truncated file) are
+    a miss with one line, never a crash."""
+    from torchshim.cache import CacheStore
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "warm_model.py").write_text(MODEL)
+    cache = tmp_path / "cache"
+    _run(model_dir, cache, "--sizes", "")
+    store = CacheStore(cache / "rank_0")
+    programs = [e for e in store.entries() if e.meta.get("kind") == "dynamo_program"]
+    assert len(programs) == 1
+    entry = programs[0]
+    manifest = entry.manifest or {}
+    with store.writer(entry.id, str(manifest.get("key", ""))) as writer:
+        for name in manifest.get("files", {}):
+            data = (entry.path / name).read_bytes()
+            (writer.path / name).write_bytes(data[: len(data) // 2])
+        store.remove(entry.id)
+        writer.commit(entry.meta)
+    result, log = _run(model_dir, cache, "--sizes", "")
+    assert result["same"] and not result["trace_loaded"] and result["frames"] >= 1, result
+    assert "could not be loaded" in log, log[-3000:]

@@ -1,0 +1,67 @@
+"""One process of the warm-start tests: builds the model in ``<dir>/warm_model.py`` (written by the
+test, so that a test can edit its source), compiles it with ``torchshim.compile`` and prints what
+happened as one JSON line: Dynamo's frame count, compiles, loads, whether a saved trace was used,
+whether every batch's output equals eager.
+
+    python warm_child.py MODEL_DIR CACHE_DIR [--dim N] [--dtype float64] [--seq N] [--config K=V]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("cache_dir")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seq", type=int, default=4)
+    parser.add_argument("--config", default="")
+    parser.add_argument("--sizes", default="1,4")
+    args = parser.parse_args()
+    sys.path.insert(0, args.model_dir)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+
+    import torch
+    import warm_model  # type: ignore[import-not-found]
+
+    import torchshim
+    from torchshim.shims import active
+
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    model = warm_model.Model(args.dim).to(dtype).eval()
+    config = dict([args.config.split("=")]) if args.config else {}
+    config = {k: v == "True" for k, v in config.items()}
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    fast = torchshim.compile(model, args.cache_dir, compile_sizes=sizes, compiler_config=config)
+    same = True
+    with torch.no_grad():
+        for batch in (3, 1, 4, 2, 7):
+            x = torch.randn(batch, args.seq, args.dim, dtype=dtype)
+            same &= bool(torch.allclose(fast(x), model(x), atol=1e-4, rtol=1e-4))
+    stats = fast.backend.stats.as_dict()
+    counters = active().module.compile_counters()
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "frames": counters.get("stats.unique_graphs", 0),
+                "compiled": stats["compiled"],
+                "loaded": stats["loaded"],
+                "trace_loaded": stats["trace_loaded"],
+                "traces_saved": stats["traces_saved"],
+                "same": same,
+                "phases": stats["phases"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ __all__ = [
     "HandleFormatError",
     "LoadError",
     "PatchTargetMissing",
+    "RemoteTierError",
     "TorchShimError",
     "TorchVersionParseError",
     "UnknownAdaptorError",
@@ -99,6 +100,11 @@ class CacheCorruptionError(TorchShimError, RuntimeError):
 
 class CacheLockTimeout(TorchShimError, TimeoutError):
     """Another process held a cache entry's lock for longer than the timeout."""
+
+
+class RemoteTierError(TorchShimError, OSError):
+    """The remote tier could not answer (unreachable, too slow, full, or skipped for a while
+    after such a failure). The store treats it as a remote miss; nothing fails because of it."""
 
 
 class UnsupportedGraphError(TorchShimError, ValueError):

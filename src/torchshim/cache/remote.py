@@ -364,6 +364,10 @@ class RedisTier:
             "policy": str(memory.get("maxmemory_policy", "?")),
         }
 
+    def drop(self, entry_id: str) -> None:
+        """Remove the entry's index (it is a miss from now on; its chunks go by eviction)."""
+        self._call("removing an entry", self._client.delete, self._key(entry_id))
+
     def clear(self) -> int:
         """Delete every key of this tier's prefix; how many."""
         keys = self._call(

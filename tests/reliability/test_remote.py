@@ -342,3 +342,40 @@ def test_redis_stopped_or_killed_mid_publish_never_shows_a_partial_entry(
         assert reader.read_manifest(f"{len(shown):032x}", BUILD, KEY) is None
     finally:
         server.stop()
+
+
+def test_cache_info_prune_and_explain_cover_the_remote_tier(
+    tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchshim import cli
+
+    one = host(tmp_path, "one", tier(redis_server))
+    write_entry(one, ENTRY)
+    one.close()
+    two = host(tmp_path, "two", tier(redis_server))
+    assert two.read_manifest(ENTRY, BUILD, KEY) is not None
+    two.close()
+    url = redis_server.url
+    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path / "one"), "--remote", url]) == 0
+    out = capsys.readouterr().out
+    assert "(remote tier)" in out and "entries: 1," in out
+    assert "hit 1" in out and "put 1" in out
+    assert cli.main(
+        ["cache", "explain", ENTRY[:10], "--remote", url, "--cache-dir", str(tmp_path / "two")]
+    ) in (0, 1)
+    assert f"entry {ENTRY[:12]}" in capsys.readouterr().out
+    args = [
+        "cache",
+        "prune",
+        "--older-than",
+        "0s",
+        "--remote",
+        url,
+        "--cache-dir",
+        str(tmp_path / "two"),
+    ]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "will not evict" in out  # the test server runs without maxmemory
+    assert "removed 1 remote entry" in out
+    assert remote_keys(redis_server, "e") == []

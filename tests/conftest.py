@@ -140,3 +140,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             },
         },
     )
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Any:
+    """A real, empty ``redis-server`` on a free loopback port, killed after the test."""
+    from tests.redis_server import MISSING, REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip(MISSING)
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

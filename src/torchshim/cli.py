@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchshim.cli_cache import (
+    cmd_cache_check,
     cmd_cache_clear,
     cmd_cache_explain,
+    cmd_cache_export,
+    cmd_cache_import,
     cmd_cache_info,
     cmd_cache_prune,
     cmd_cache_verify,
@@ -439,7 +442,15 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
+    def remote_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--remote",
+            default=None,
+            help="also the remote tier, redis://host:port/db (default: $TORCHSHIM_REMOTE)",
+        )
+
     info = cache_command("info", "entries, sizes, hit/miss counters", cmd_cache_info)
+    remote_option(info)
     info.add_argument(
         "--entries", dest="verbose_entries", action="store_true", help="list every entry"
     )
@@ -456,6 +467,7 @@ def _parser() -> argparse.ArgumentParser:
     prune = cache_command("prune", "evict least-recently-used entries", cmd_cache_prune)
     prune.add_argument("--max-size", type=parse_size, default=None, help="e.g. 500M, 10G")
     prune.add_argument("--older-than", type=parse_age, default=None, help="e.g. 12h, 7d")
+    remote_option(prune)
     cache_command("clear", "remove every entry", cmd_cache_clear)
     explain = cache_command(
         "explain",
@@ -469,6 +481,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="another entry; omitted: this process's torch and config",
     )
+    remote_option(explain)
+    export = cache_command(
+        "export", "write every verified entry into one bundle file", cmd_cache_export
+    )
+    export.add_argument("--out", required=True, help="the bundle file to write")
+    imported = cache_command(
+        "import", "verify a bundle whole, then publish its entries here", cmd_cache_import
+    )
+    imported.add_argument("bundle", help="a file written by `torchshim cache export`")
+    check = cache_sub.add_parser(
+        "check", help="will each entry of a bundle or cache hit here, or which factor differs"
+    )
+    check.add_argument("source", help="a bundle file or a cache directory")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=cmd_cache_check)
     return parser
 
 

@@ -35,7 +35,7 @@ from torchshim.adaptors import (
 )
 from torchshim.adaptors.graphs import batch_dims, mutated_inputs
 from torchshim.adaptors.handles import RuntimeShape, check_runtime_shape, shape_label
-from torchshim.cache import CacheStore, default_cache_dir
+from torchshim.cache import CacheStore, TieredStore, default_cache_dir, remote_from_environment
 from torchshim.errors import CacheLockTimeout, ConfigError, LoadError
 from torchshim.options import BackendOptions, options_from
 from torchshim.serving import (
@@ -154,6 +154,7 @@ class Backend:
         # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch, a
         # compiler config Inductor would reject
         adaptor = make_adaptor(self.adaptor_name)
+        remote_from_environment(self.options.remote)  # a bad URL, no Redis client: ConfigError
         if adaptor.uses_inductor and self.compiler_config:
             problems = active().module.check_compiler_config(self.compiler_config)
             if problems:
@@ -206,10 +207,11 @@ class Backend:
             self._saving = False
 
     def program_store(self) -> CacheStore | None:
-        """The cache store saved traces live in (this rank's), or ``None`` when there is none."""
+        """The cache store saved traces live in (this rank's, with the remote tier), or ``None``
+        when there is none."""
         if not make_adaptor(self.adaptor_name).stores_artifacts:
             return None
-        store = CacheStore(self.root)
+        store = TieredStore(self.root, remote=remote_from_environment(self.options.remote))
         return store if store.enabled else None
 
     def restore(self, payload: bytes) -> Any:
@@ -238,6 +240,7 @@ class Backend:
     @contextlib.contextmanager
     def _adaptor(self) -> Iterator[CompilerInterface]:
         adaptor = make_adaptor(self.adaptor_name)
+        adaptor.remote = self.options.remote
         try:
             adaptor.initialize_cache(self.root)
             yield adaptor

@@ -43,7 +43,13 @@ __all__ = [
     "parse_compile_sizes",
     "parse_flag",
     "parse_lock_timeout",
+    "parse_remote",
     "rank",
+    "remote",
+    "remote_chunk",
+    "remote_lease",
+    "remote_timeout",
+    "remote_ttl",
     "strict",
 ]
 
@@ -56,6 +62,11 @@ COMPILERS: tuple[str, ...] = tuple(n for n in ADAPTOR_NAMES if n != "auto")
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"0", "false", "no", "off", ""})
 DEFAULT_LOCK_TIMEOUT_S = 600.0
+DEFAULT_REMOTE_TIMEOUT_S = 2.0
+DEFAULT_REMOTE_LEASE_S = 30.0
+DEFAULT_REMOTE_CHUNK = 8 << 20
+#: The URL schemes of a remote tier (Redis over TCP, over TLS, over a Unix socket).
+REMOTE_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,36 @@ VARIABLES: dict[str, Variable] = {
             "raise CacheCorruptionError on a bad entry instead of treating it as a miss",
         ),
         Variable(
+            "TORCHSHIM_REMOTE",
+            "a Redis URL, redis://host:port/db (rediss:// for TLS, unix:///path for a socket)",
+            "the remote tier every host shares: local misses are looked up there, compiles are "
+            "published there, one host compiles each graph (needs `pip install 'torchshim[fleet]'`)",
+        ),
+        Variable(
+            "TORCHSHIM_REMOTE_TIMEOUT",
+            "a number of seconds > 0, e.g. 2",
+            "the remote tier's connect and command timeout (default 2); a dead or stalled server "
+            "costs at most this, then the tier is skipped for a while",
+        ),
+        Variable(
+            "TORCHSHIM_REMOTE_TTL",
+            "a number of seconds >= 0 (0: none)",
+            "expire remote entries this long after they were published (default: never; Redis's "
+            "own eviction prunes)",
+        ),
+        Variable(
+            "TORCHSHIM_REMOTE_LEASE",
+            "a number of seconds > 0, e.g. 30",
+            "the compile lease's expiry, renewed while the compile runs; a host that dies holding "
+            "it is replaced after this long (default 30)",
+        ),
+        Variable(
+            "TORCHSHIM_REMOTE_CHUNK",
+            "a number of bytes >= 1024, e.g. 8388608",
+            "files larger than this are stored in the remote tier in chunks of this size "
+            "(default 8 MiB)",
+        ),
+        Variable(
             "TORCHSHIM_ALLOW_UNTESTED",
             "a switch: 1/true/yes/on or 0/false/no/off",
             "use the newest shim on a torch newer than every supported series",
@@ -188,17 +229,21 @@ def parse_compile_sizes(
     return tuple(entries)
 
 
-def parse_lock_timeout(text: str, name: str = "TORCHSHIM_LOCK_TIMEOUT") -> float:
+def _parse_seconds(name: str, text: str, default: float, *, zero_ok: bool = True) -> float:
     stripped = text.strip()
     if not stripped:
-        return DEFAULT_LOCK_TIMEOUT_S
+        return default
     try:
         value = float(stripped)
     except ValueError:
         raise _error(name, text, "not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise _error(name, text, "it must be finite and >= 0")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise _error(name, text, "it must be finite and >= 0" if zero_ok else "it must be > 0")
     return value
+
+
+def parse_lock_timeout(text: str, name: str = "TORCHSHIM_LOCK_TIMEOUT") -> float:
+    return _parse_seconds(name, text, DEFAULT_LOCK_TIMEOUT_S)
 
 
 def cache_dir() -> Path | None:
@@ -282,6 +327,52 @@ def allow_untested() -> bool:
     return parse_flag("TORCHSHIM_ALLOW_UNTESTED", _raw("TORCHSHIM_ALLOW_UNTESTED"))
 
 
+def parse_remote(text: str, name: str = "TORCHSHIM_REMOTE") -> str | None:
+    """A remote tier's URL (``None``: no remote tier), checked for form only."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    scheme, sep, rest = stripped.partition("://")
+    if not sep or scheme.lower() not in REMOTE_SCHEMES or not rest:
+        raise _error(name, text, f"the scheme must be one of {', '.join(REMOTE_SCHEMES)}")
+    return stripped
+
+
+def remote() -> str | None:
+    return parse_remote(_raw("TORCHSHIM_REMOTE"))
+
+
+def _seconds(name: str, default: float, *, zero_ok: bool) -> float:
+    return _parse_seconds(name, _raw(name), default, zero_ok=zero_ok)
+
+
+def remote_timeout() -> float:
+    return _seconds("TORCHSHIM_REMOTE_TIMEOUT", DEFAULT_REMOTE_TIMEOUT_S, zero_ok=False)
+
+
+def remote_ttl() -> float | None:
+    """Seconds a remote entry lives after it was published; ``None``: until Redis evicts it."""
+    value = _seconds("TORCHSHIM_REMOTE_TTL", 0.0, zero_ok=True)
+    return value or None
+
+
+def remote_lease() -> float:
+    return _seconds("TORCHSHIM_REMOTE_LEASE", DEFAULT_REMOTE_LEASE_S, zero_ok=False)
+
+
+def remote_chunk() -> int:
+    text = _raw("TORCHSHIM_REMOTE_CHUNK").strip()
+    if not text:
+        return DEFAULT_REMOTE_CHUNK
+    try:
+        value = int(text)
+    except ValueError:
+        raise _error("TORCHSHIM_REMOTE_CHUNK", text, "not an integer") from None
+    if not 1024 <= value <= 256 << 20:
+        raise _error("TORCHSHIM_REMOTE_CHUNK", text, "outside 1024 .. 268435456")
+    return value
+
+
 def check_environment() -> None:
     """Validate every ``TORCHSHIM_*`` variable now (one :class:`ConfigError` for the first bad
     one). Unknown ``TORCHSHIM_*`` names are left alone: other tools (tests, CI) use the prefix."""
@@ -296,3 +387,8 @@ def check_environment() -> None:
     cache_shared()
     strict()
     allow_untested()
+    remote()
+    remote_timeout()
+    remote_ttl()
+    remote_lease()
+    remote_chunk()

@@ -9,6 +9,7 @@ __all__ = [
     "AdaptorConfigError",
     "ArtifactMissingError",
     "ArtifactUnreadableError",
+    "BundleError",
     "CacheCorruptionError",
     "CacheDirError",
     "CacheLockTimeout",
@@ -19,6 +20,7 @@ __all__ = [
     "HandleFormatError",
     "LoadError",
     "PatchTargetMissing",
+    "RemoteTierError",
     "TorchShimError",
     "TorchVersionParseError",
     "UnknownAdaptorError",
@@ -99,6 +101,16 @@ class CacheCorruptionError(TorchShimError, RuntimeError):
 
 class CacheLockTimeout(TorchShimError, TimeoutError):
     """Another process held a cache entry's lock for longer than the timeout."""
+
+
+class RemoteTierError(TorchShimError, OSError):
+    """The remote tier could not answer (unreachable, too slow, full, or skipped for a while
+    after such a failure). The store treats it as a remote miss; nothing fails because of it."""
+
+
+class BundleError(TorchShimError, ValueError):
+    """A cache bundle cannot be read or imported (damaged, tampered with, holding links or paths
+    outside itself); nothing of it was published."""
 
 
 class UnsupportedGraphError(TorchShimError, ValueError):

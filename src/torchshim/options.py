@@ -36,7 +36,9 @@ class BackendOptions:
     compiling the same graph before compiling without the cache (default
     ``TORCHSHIM_LOCK_TIMEOUT``, 600). ``batch_dim``: for ``torchshim.compile``, the dimension of
     every tensor argument that is the batch (marked dynamic on the first call; ``None`` leaves
-    dynamism to Dynamo).
+    dynamism to Dynamo). ``remote``: the remote tier every host shares, ``redis://host:port/db``
+    (default ``TORCHSHIM_REMOTE``; ``""``: none): local misses are looked up there, compiles are
+    published there, and one host compiles each graph while the others wait and load it.
 
     ``compile_sizes`` may hold compile ranges beside sizes: ``[1, 2, 4, 8, (9, 64)]`` compiles one
     graph with the batch bounded to 9..64 (inclusive), served to every batch in it. Entries must
@@ -59,6 +61,7 @@ class BackendOptions:
     cudagraphs: bool | None = None
     pad_batch: bool = False
     save_trace: bool = True
+    remote: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -104,6 +107,17 @@ class BackendOptions:
             if not (isinstance(value, bool) or (name == "cudagraphs" and value is None)):
                 allowed = "None, True or False" if name == "cudagraphs" else "True or False"
                 raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+        if self.remote is not None:
+            if not isinstance(self.remote, str):
+                raise ConfigError(f"remote must be a redis:// URL or None, got {self.remote!r}")
+            if self.remote.strip():
+                try:
+                    config.parse_remote(self.remote)
+                except ConfigError:
+                    raise ConfigError(
+                        f"remote must be a URL redis://host:port/db (rediss:// for TLS, "
+                        f"unix:///path for a socket), or '' for none; got {self.remote!r}"
+                    ) from None
         if self.batch_dim is not None and (
             isinstance(self.batch_dim, bool) or not isinstance(self.batch_dim, int)
         ):
@@ -113,7 +127,7 @@ class BackendOptions:
     def from_environment(cls) -> BackendOptions:
         """The options ``backend="torchshim"`` uses: ``TORCHSHIM_CACHE_DIR``,
         ``TORCHSHIM_COMPILE_SIZES``, ``TORCHSHIM_ADAPTOR``, ``TORCHSHIM_COMPILER_CONFIG``,
-        ``TORCHSHIM_RANK``, ``TORCHSHIM_LOCK_TIMEOUT``."""
+        ``TORCHSHIM_RANK``, ``TORCHSHIM_LOCK_TIMEOUT``, ``TORCHSHIM_REMOTE``."""
         return cls(
             cache_dir=config.cache_dir(),
             compile_sizes=config.compile_sizes(),
@@ -123,6 +137,7 @@ class BackendOptions:
             lock_timeout=config.lock_timeout(),
             cudagraphs=config.cudagraphs(),
             pad_batch=config.pad_batch(),
+            remote=config.remote(),
         )
 
     @property

@@ -28,7 +28,7 @@ from torchshim.adaptors.handles import (
     handle_from_json,
 )
 from torchshim.adaptors.machine import machine_probes, warm_up
-from torchshim.cache import CacheStore
+from torchshim.cache import CacheStore, TieredStore, remote_from_environment
 from torchshim.errors import (
     AdaptorConfigError,
     ForeignHandleError,
@@ -79,6 +79,9 @@ class CompilerInterface(abc.ABC):
         self.prefix = ""
         self.disable_cache = False
         self.store: CacheStore | None = None
+        #: the remote tier's URL for :meth:`initialize_cache` (``None``: ``TORCHSHIM_REMOTE``;
+        #: ``""``: none)
+        self.remote: str | None = None
         #: recorded with every entry this adaptor stores (the backend's key factors, for explain)
         self.extra_meta: dict[str, Any] = {}
         self._scratch: Path | None = None
@@ -96,7 +99,9 @@ class CompilerInterface(abc.ABC):
         The base directory is a :class:`~torchshim.cache.CacheStore`: created with mode 0700 when
         missing; not used (one warning, nothing cached) when another user owns it or group or
         others can write it, unless ``TORCHSHIM_CACHE_SHARED=1``; read-only: entries load,
-        compiles are kept in memory."""
+        compiles are kept in memory. With a remote tier (:attr:`remote`, else
+        ``TORCHSHIM_REMOTE``) a local miss is looked up there and every compile is published there
+        too (see :mod:`torchshim.cache.tiers`)."""
         path = Path(cache_dir).expanduser().absolute()
         base = path
         if prefix:
@@ -106,7 +111,7 @@ class CompilerInterface(abc.ABC):
                     f"cache_dir=<base>/{prefix} (the base directory is shared by all prefixes)"
                 )
             base = path.parent
-        store = CacheStore(base)
+        store = TieredStore(base, remote=remote_from_environment(self.remote))
         self.close()
         self.cache_dir, self.base_cache_dir = path, base
         self.prefix, self.disable_cache = prefix, disable_cache

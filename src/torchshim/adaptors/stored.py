@@ -7,6 +7,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,9 @@ class StoredCompiler(CompilerInterface):
             "handle": handle.to_json(),
             "factors": self.compute_hash_factors(),
             "key": key,
+            # not part of the key (entry ids stay as they were); `torchshim cache check` says
+            # when a bundle's entries were built by another Python
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             **self.extra_meta,
         }
 

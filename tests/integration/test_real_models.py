@@ -7,6 +7,7 @@ engine.CAPTURE): either way both processes must end with the same graph."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,19 @@ import pytest
 from tests.conftest import diff_state, state_snapshot
 from tests.integration import engine
 from tests.integration.child import run_child
+from torchshim.shims import active
 
-pytestmark = pytest.mark.compile
+pytestmark = [
+    pytest.mark.compile,
+    # real models in fresh processes: heavy, so once per shim module and in the full env
+    pytest.mark.skipif(
+        not (
+            os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
+            or active().series == active().module.FIRST_SERIES
+        ),
+        reason="real models: run in the first series of each shim module and the full env",
+    ),
+]
 
 HERE = Path(__file__).parent
 CASES = [f"{a}/{m}" for a in ("inductor", "inductor_standalone") for m in engine.MODELS]

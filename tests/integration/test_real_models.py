@@ -13,19 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import diff_state, state_snapshot
+from tests.conftest import diff_state, first_of_shim, state_snapshot
 from tests.integration import engine
 from tests.integration.child import run_child
-from torchshim.shims import active
 
 pytestmark = [
     pytest.mark.compile,
     # real models in fresh processes: heavy, so once per shim module and in the full env
     pytest.mark.skipif(
-        not (
-            os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
-            or active().series == active().module.FIRST_SERIES
-        ),
+        not (os.environ.get("TORCHSHIM_FULL", "").strip() == "1" or first_of_shim()),
         reason="real models: run in the first series of each shim module and the full env",
     ),
 ]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import first_of_shim
+
 torch = pytest.importorskip("torch")
 
 import torchshim  # noqa: E402
@@ -20,7 +22,7 @@ from torchshim.options import BackendOptions  # noqa: E402
 from torchshim.shims import active  # noqa: E402
 
 FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
-FIRST_OF_SHIM = active().series == active().module.FIRST_SERIES
+FIRST_OF_SHIM = first_of_shim()
 once_per_shim = pytest.mark.skipif(
     not (FIRST_OF_SHIM or FULL),
     reason=f"real Inductor compiles: run in the first series of each shim module and the full "

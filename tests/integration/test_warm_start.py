@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from torchshim.shims import active, capabilities
+from tests.conftest import first_of_shim
+from torchshim.shims import capabilities
 
 pytestmark = pytest.mark.compile
 
 HERE = Path(__file__).parent
 SAVES_TRACES = "supports_dynamo_program" in capabilities()
 FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
-FIRST_OF_SHIM = active().series == active().module.FIRST_SERIES
+FIRST_OF_SHIM = first_of_shim()
 
 MODEL = """
 import torch

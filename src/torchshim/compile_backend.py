@@ -315,12 +315,12 @@ class Backend:
     ) -> dict[RuntimeShape, Callable[..., Any]]:
         """The served sizes' variants wrapped for CUDA-graph replay, where asked for and
         possible (a static graph whose batch is a served size counts as that size)."""
-        wanted = self.options.cudagraphs
+        wanted, statics = self.options.cudagraphs, layout.static_inputs
         if wanted is False:
             return variants
         served: list[RuntimeShape] = [s for s in variants if isinstance(s, int)]
         if layout.position is None and variants:
-            batch = static_batch(example_inputs, self.options.batch_dim)
+            batch = static_batch(example_inputs, self.options.batch_dim, statics)
             served = [None] if batch in self.compile_sizes else []
         if not served:
             return variants
@@ -342,7 +342,7 @@ class Backend:
             self._pool = active().module.cuda_graph_pool()
         graphed = dict(variants)
         for shape in served:
-            size = shape if isinstance(shape, int) else static_batch(example_inputs, 0)
+            size = shape if isinstance(shape, int) else static_batch(example_inputs, 0, statics)
             variant = GraphedVariant(
                 self._label(index, shape),
                 variants[shape],

@@ -270,12 +270,17 @@ def _cut(outputs: Any, layout: BatchLayout, batch: int, target: int) -> Any:
     return type(outputs)(items)
 
 
-def static_batch(example_inputs: Sequence[Any], batch_dim: int | None) -> int | None:
-    """The batch of a graph traced with static sizes: the first tensor input's ``batch_dim``."""
+def static_batch(
+    example_inputs: Sequence[Any], batch_dim: int | None, static: frozenset[int] = frozenset()
+) -> int | None:
+    """The batch of a graph traced with static sizes: the first tensor input's ``batch_dim``,
+    parameters and buffers (``static``, Dynamo lifts them to the first inputs) skipped."""
     import torch
 
     dim = 0 if batch_dim is None else batch_dim
-    for value in example_inputs:
+    for index, value in enumerate(example_inputs):
+        if index in static:
+            continue
         if isinstance(value, torch.Tensor) and value.dim() > dim:
             return int(value.shape[dim])
     return None

@@ -209,18 +209,30 @@ def read_file_at(dir_fd: int, rel: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def copy_verified(dir_fd: int, rel: str, target: Path, size: int) -> tuple[str, int]:
+def copy_verified(
+    dir_fd: int, rel: str, target: Path, size: int, link: bool = False
+) -> tuple[str, int]:
     """Copy regular file ``rel`` under ``dir_fd`` to ``target`` (a private place), refusing it
     before copying when its type or size is not what the manifest says, and never copying more
-    than ``size`` bytes; the SHA-256 and size of exactly the bytes written."""
+    than ``size`` bytes; the SHA-256 and size of exactly the bytes written. ``link``: where the
+    file system allows, give ``target`` the opened file itself (a hard link to that inode, no
+    second copy) and hash it there: for a store only this user can write, whose files are never
+    changed in place once published."""
     fd = open_relative(dir_fd, rel)
     try:
         found = os.fstat(fd).st_size
         if found != size:
             raise UnsafePath(errno.EINVAL, f"has {found} bytes, the manifest says {size}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+            except OSError:
+                pass  # another file system, no /proc: copy
+            else:
+                return _hash_fd(fd, size)
         digest = hashlib.sha256()
         written = 0
-        target.parent.mkdir(parents=True, exist_ok=True)
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             while written <= size:
@@ -236,6 +248,17 @@ def copy_verified(dir_fd: int, rel: str, target: Path, size: int) -> tuple[str, 
         return digest.hexdigest(), written
     finally:
         os.close(fd)
+
+
+def _hash_fd(fd: int, size: int) -> tuple[str, int]:
+    digest, read = hashlib.sha256(), 0
+    while read <= size:
+        chunk = os.read(fd, min(_CHUNK, size + 1 - read))
+        if not chunk:
+            break
+        digest.update(chunk)
+        read += len(chunk)
+    return digest.hexdigest(), read
 
 
 def remove_tree_at(dir_fd: int, name: str) -> None:

@@ -425,7 +425,7 @@ class CacheStore(StoreDirectory):
                 manifest, problem = self._manifest_at(fd, entry_id, expect, key)
                 if manifest is not None:
                     scratch = self._temp_dir("checkout")
-                    problem = self._copy_files(fd, manifest, scratch)
+                    problem = self._copy_files(fd, manifest, scratch, not self.shared)
         except UnsafePath as exc:
             problem = f"its directory is unusable ({exc})"
         if problem is not None:
@@ -442,11 +442,12 @@ class CacheStore(StoreDirectory):
         return scratch
 
     @staticmethod
-    def _copy_files(fd: int, manifest: Mapping[str, Any], scratch: Path) -> str | None:
-        """Copy and hash every file the manifest lists from the entry at ``fd``; the problem."""
+    def _copy_files(fd: int, manifest: Mapping[str, Any], scratch: Path, link: bool) -> str | None:
+        """Copy (link, in a private store) and hash every file the manifest lists from the entry
+        at ``fd``; the problem."""
         for rel, record in sorted(manifest["files"].items()):
             try:
-                digest, _ = copy_verified(fd, rel, scratch / rel, record["size"])
+                digest, _ = copy_verified(fd, rel, scratch / rel, record["size"], link)
             except FileNotFoundError:
                 return f"its file {rel} is missing"
             except UnsafePath as exc:

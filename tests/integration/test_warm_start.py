@@ -68,11 +68,13 @@ def test_a_warm_process_traces_and_compiles_nothing(
 ) -> None:
     model_dir, cache, cold = warm
     assert cold["same"] and cold["compiled"] >= 1 and cold["frames"] >= 1
-    result, _ = _run(model_dir, cache)
+    result, log = _run(model_dir, cache)
     assert result["same"] and result["compiled"] == 0 and result["loaded"] == cold["compiled"]
+    assert result["refused_same"]  # another sequence length: traced, and right
     if SAVES_TRACES:
         assert cold["traces_saved"] == 2  # the symbolic batch and batch 1
         assert result["trace_loaded"] and result["frames"] == 0, result
+        assert "a call the saved trace does not cover" in log, log[-3000:]
     else:  # traced as torch.compile does: the same two frames, no compile
         assert not result["trace_loaded"] and result["frames"] == cold["frames"]
 

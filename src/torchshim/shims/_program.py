@@ -84,14 +84,47 @@ def load_program(data: bytes, f_globals: dict[str, Any], restore: Callable[[byte
         RESTORE.reset(token)
 
 
+def _plain_names(program: Any) -> tuple[str, ...] | None:
+    """The parameter names of a traced function whose locals are just its positional arguments
+    (no defaults, no ``*args``/``**kwargs``, no closure), cached on the program; else ``None``."""
+    import inspect
+
+    if not hasattr(program, "_torchshim_names"):
+        names: tuple[str, ...] | None = None
+        artifacts = program._artifacts
+        params = list(artifacts.signature.parameters.values())
+        if not artifacts.runtime_env.closure and all(
+            p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is p.empty
+            for p in params
+        ):
+            names = tuple(p.name for p in params)
+        program._torchshim_names = names
+    found: tuple[str, ...] | None = program._torchshim_names
+    return found
+
+
 def program_guard(program: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    # AOTCompiledFunction.guard_check binds the call with inspect.Signature.bind (about 10 us);
+    # a call that passes exactly the function's positional parameters builds the same locals
+    names = _plain_names(program)
+    if names is not None and not kwargs and len(args) == len(names):
+        return bool(program._artifacts.guard_manager.check(dict(zip(names, args, strict=True))))
     return bool(program.guard_check(*args, **kwargs))
 
 
 def program_why_not(program: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """The first guard that fails, in words."""
-    f_locals = program.prepare_f_locals(*args, **kwargs)
-    info = program._artifacts.guard_manager.check_verbose(f_locals)
+    try:
+        prepare = getattr(program, "prepare_f_locals", None)  # 2.11+; 2.10 binds in guard_check
+        if prepare is not None:
+            f_locals = prepare(*args, **kwargs)
+        else:
+            bound = program._artifacts.signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            f_locals = dict(bound.arguments)
+        info = program._artifacts.guard_manager.check_verbose(f_locals)
+    except Exception as exc:  # a call that does not even bind: say so
+        return f"the call does not match the traced signature ({type(exc).__name__}: {exc})"
     parts = getattr(info, "verbose_code_parts", None) or [str(info)]
     return str(parts[0])
 

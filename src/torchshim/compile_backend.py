@@ -35,7 +35,7 @@ from torchshim.adaptors import (
 )
 from torchshim.adaptors.graphs import batch_dims, mutated_inputs
 from torchshim.adaptors.handles import RuntimeShape, check_runtime_shape, shape_label
-from torchshim.cache import CacheStore, TieredStore, default_cache_dir, remote_from_environment
+from torchshim.cache import CacheStore, default_cache_dir, remote_from_environment
 from torchshim.errors import CacheLockTimeout, ConfigError, LoadError
 from torchshim.options import BackendOptions, options_from
 from torchshim.serving import (
@@ -149,7 +149,9 @@ class Backend:
         self._pool: Any = None
         self._graphed: list[GraphedVariant] = []
         self._lock = threading.Lock()
-        self._saving = False
+        #: set by torchshim.warm while a trace is saved (torch 2.10+); see there
+        self._on_graph: Callable[[Any, Sequence[Any], Callable[..., Any]], Any] | None = None
+        self._spare: dict[str, Callable[..., Any]] = {}
         self._static: frozenset[int] | None = None
         # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch, a
         # compiler config Inductor would reject
@@ -182,60 +184,12 @@ class Backend:
     # -- the backend ----------------------------------------------------------------------------
     def __call__(self, gm: Any, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         with self._lock:
-            fn = self._compile_graph(gm, example_inputs)
-            if not self._saving:
-                return fn
-            # a trace being saved (torch 2.10+): the graph goes into the saved program as its
-            # key and the graph itself, to be loaded from the cache by a warm process
-            from torchshim.warm import saving_payload
-
-            static = active().module.static_input_indices(gm, example_inputs)
-            digest = graph_digest(gm, example_inputs)
-            saved: Callable[..., Any] = active().module.saved_graph(
-                fn, saving_payload(gm, example_inputs, sorted(static), digest)
-            )
-            return saved
-
-    # -- saved traces (torch.compile's first call, torch 2.10+) -----------------------------------
-    @contextlib.contextmanager
-    def saving(self) -> Iterator[None]:
-        """Graphs compiled in the block are returned ready to be saved in Dynamo's output."""
-        self._saving = True
-        try:
-            yield
-        finally:
-            self._saving = False
-
-    def program_store(self) -> CacheStore | None:
-        """The cache store saved traces live in (this rank's, with the remote tier), or ``None``
-        when there is none."""
-        if not make_adaptor(self.adaptor_name).stores_artifacts:
-            return None
-        store = TieredStore(self.root, remote=remote_from_environment(self.options.remote))
-        return store if store.enabled else None
-
-    def restore(self, payload: bytes) -> Any:
-        """A graph of a loaded saved trace (built at its first call)."""
-        from torchshim.warm import RestoredGraph
-
-        return RestoredGraph(self, payload)
-
-    def restore_graph(
-        self, gm: Any, example_inputs: Sequence[Any], static: frozenset[int], digest: str
-    ) -> Callable[..., Any]:
-        """Build a graph of a loaded saved trace as if Dynamo had just traced it."""
-        with self._lock:
-            self._static = static
-            try:
-                fn = self._compile_graph(gm, example_inputs)
-            finally:
-                self._static = None
-        if self.stats.graphs and digest != graph_digest(gm, example_inputs):
-            log.warning(
-                "torchshim: a graph of the saved trace has another key than when it was saved "
-                "(it was compiled or loaded afresh)"
-            )
-        return fn
+            # graphs a failed attempt to save the trace built are reused by the trace after it
+            spare = self._spare.pop(graph_digest(gm, example_inputs), None) if self._spare else None
+            if spare is not None:
+                self.stats.graphs += 1
+            fn = spare if spare is not None else self._compile_graph(gm, example_inputs)
+            return fn if self._on_graph is None else self._on_graph(gm, example_inputs, fn)
 
     @contextlib.contextmanager
     def _adaptor(self) -> Iterator[CompilerInterface]:

@@ -23,11 +23,9 @@ defined inside a function), the first call traces as ``torch.compile`` does.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,124 +36,50 @@ from torchshim._stable import stable_json
 from torchshim.errors import own_error
 from torchshim.options import BackendOptions
 from torchshim.shims import active, capabilities
+from torchshim.warm_key import _module_digest, _target, global_state, program_factors
 
 if TYPE_CHECKING:
     from torchshim.cache import CacheStore
     from torchshim.compile_backend import Backend
 
-__all__ = ["PROGRAM_FORMAT", "compile_model", "program_factors"]
+__all__ = ["CompiledModel", "compile_model", "program_factors"]
 
 log = logging.getLogger(__name__)
 
-#: Part of every program key: bump when the key's composition or the entry's layout changes.
-PROGRAM_FORMAT = 1
 _PAYLOAD_MAGIC = b"torchshim-graph-1\n"
 
 
-# -- the key ---------------------------------------------------------------------------------------
-def _digest(value: Any) -> str:
-    return hashlib.sha256(stable_json(value).encode()).hexdigest()[:32]
-
-
-def _file_digest(path: str | None) -> str:
-    if not path:
-        return "none"
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return "unreadable"
-
-
-def _module_digest(name: str) -> str:
-    module = sys.modules.get(name)
-    return _file_digest(getattr(module, "__file__", None))
-
-
-def _tensor_spec(value: Any, batch_dim: int | None) -> list[Any]:
-    dims: list[Any] = list(value.shape)
-    if batch_dim is not None and value.dim() > batch_dim:
-        dims[batch_dim] = "batch"
-    return [str(value.dtype), str(value.device), dims, bool(value.requires_grad)]
-
-
-def _value_spec(value: Any, batch_dim: int | None) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return ["tensor", *_tensor_spec(value, batch_dim)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return [type(value).__name__, value]
-    if isinstance(value, (tuple, list)):
-        return [type(value).__name__, [_value_spec(v, batch_dim) for v in value]]
-    if isinstance(value, dict):
-        return ["dict", {str(k): _value_spec(v, batch_dim) for k, v in value.items()}]
-    return [f"{type(value).__module__}.{type(value).__qualname__}"]
-
-
-def _target(model: Callable[..., Any]) -> tuple[Callable[..., Any], str, tuple[Any, ...]]:
-    """What is traced (the model's class's ``forward`` with the model as its first argument, or
-    the function), its qualified name, and the arguments that come before the call's."""
-    import torch
-
-    if isinstance(model, torch.nn.Module):
-        cls = type(model)
-        return cls.forward, f"{cls.__module__}.{cls.__qualname__}", (model,)
-    name = f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', '?')}"
-    return model, name, ()
-
-
-def global_state() -> dict[str, Any]:
-    """The process-wide state Dynamo guards on that a saved program's guards do not check."""
-    import torch
-
-    return {
-        "grad": torch.is_grad_enabled(),
-        "default_dtype": str(torch.get_default_dtype()),
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-    }
-
-
-def program_factors(
-    chosen: Backend, model: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-) -> dict[str, str]:
-    """Everything a saved program depends on that can be known without tracing."""
-    import torch
-
+# -- the backend's side ----------------------------------------------------------------------------
+def program_store(chosen: Backend) -> CacheStore | None:
+    """The cache store saved traces live in (the backend's rank, with its remote tier), or
+    ``None`` when there is none."""
     from torchshim.adaptors import make_adaptor
+    from torchshim.cache import TieredStore, remote_from_environment
 
-    _fn, name, _lead = _target(model)
-    source = inspect.getsourcefile(type(model) if isinstance(model, torch.nn.Module) else model)
-    tensors: list[Any] = []
-    if isinstance(model, torch.nn.Module):
-        for kind, items in (("p", model.named_parameters()), ("b", model.named_buffers())):
-            tensors += [[kind, n, *_tensor_spec(t, None)] for n, t in items]
-    batch_dim = chosen.options.batch_dim
-    options = chosen.options
-    return {
-        "model": name,
-        "model_source": _file_digest(source),
-        "parameters": _digest(tensors),
-        "inputs": _digest(
-            [
-                [_value_spec(v, batch_dim) for v in args],
-                {k: _value_spec(v, batch_dim) for k, v in kwargs.items()},
-            ]
-        ),
-        "global_state": _digest(global_state()),
-        "compiler": make_adaptor(chosen.adaptor_name).compute_hash(),
-        "compiler_config": stable_json(chosen.compiler_config),
-        "settings": stable_json(
-            {
-                "sizes": list(chosen.compile_sizes),
-                "ranges": [list(r) for r in chosen.compile_ranges],
-                "adaptor": chosen.adaptor_name,
-                "batch_dim": batch_dim,
-                "rank": options.rank,
-            }
-        ),
-        "format": str(PROGRAM_FORMAT),
-    }
+    if not make_adaptor(chosen.adaptor_name).stores_artifacts:
+        return None
+    store = TieredStore(chosen.root, remote=remote_from_environment(chosen.options.remote))
+    return store if store.enabled else None
+
+
+def restore_graph(
+    chosen: Backend, gm: Any, example_inputs: Sequence[Any], static: frozenset[int], digest: str
+) -> Callable[..., Any]:
+    """Build a graph of a loaded saved trace as if Dynamo had just traced it."""
+    from torchshim.adaptors import graph_digest
+
+    with chosen._lock:
+        chosen._static = static
+        try:
+            fn = chosen._compile_graph(gm, example_inputs)
+        finally:
+            chosen._static = None
+    if digest != graph_digest(gm, example_inputs):
+        log.warning(
+            "torchshim: a graph of the saved trace has another key than when it was saved "
+            "(it was compiled or loaded afresh)"
+        )
+    return fn
 
 
 # -- graphs inside a saved program -----------------------------------------------------------------
@@ -196,7 +120,7 @@ class RestoredGraph:
                     fake if isinstance(fake, torch.SymInt) else real
                     for fake, real in zip(self.examples, args, strict=True)
                 ]
-                self.fn = self.backend.restore_graph(self.graph, inputs, self.static, self.digest)
+                self.fn = restore_graph(self.backend, self.graph, inputs, self.static, self.digest)
             return self.fn
 
     def __call__(self, *args: Any) -> Any:
@@ -461,25 +385,28 @@ class CompiledModel:
         shim = active().module
         batched = self._marked(args, kwargs)
         dim = self.batch_dim or 0
-        with shim.capture_config():
-            out = self.traced(*args, **kwargs)
-            if batched:
-                for size in self._small_sizes():
-                    self.traced(*_cut(args, dim, size), **_cut(kwargs, dim, size))
+        try:
+            with shim.capture_config():
+                out = self.traced(*args, **kwargs)
+                if batched:
+                    for size in self._small_sizes():
+                        self.traced(*_cut(args, dim, size), **_cut(kwargs, dim, size))
+        finally:
+            self.backend._spare = {}
         return out
 
     def _from_program(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Load the saved program, or trace it so that it can be saved; ``None`` (and
         ``self.programs`` unset) when neither works, so the caller traces."""
         chosen = self.backend
-        store = chosen.program_store()
+        store = program_store(chosen)
         if store is None:
             return None
         fn, _name, lead = _target(self.model)
         cache = ProgramCache(store, program_factors(chosen, self.model, args, kwargs))
         f_globals = getattr(fn, "__globals__", {})
         loading = time.perf_counter()
-        programs = cache.load(f_globals, chosen.restore)
+        programs = cache.load(f_globals, lambda payload: RestoredGraph(chosen, payload))
         chosen.stats.program_seconds += time.perf_counter() - loading
         if cache.refused is not None:
             chosen._event(f"traced: the trace cannot be saved ({cache.refused})")
@@ -513,9 +440,22 @@ class CompiledModel:
         shim = active().module
         dim = self.batch_dim or 0
         programs = []
-        graphs, graphed = chosen.stats.graphs, len(chosen._graphed)
+        graphs = chosen.stats.graphs
+        built: dict[str, Callable[..., Any]] = {}
+
+        def on_graph(gm: Any, example_inputs: Sequence[Any], fn: Callable[..., Any]) -> Any:
+            # the graph goes into the saved program as its key and the graph itself, to be
+            # loaded from the cache by a warm process
+            from torchshim.adaptors import graph_digest
+
+            digest = graph_digest(gm, example_inputs)
+            built[digest] = fn
+            static = sorted(shim.static_input_indices(gm, example_inputs))
+            return shim.saved_graph(fn, saving_payload(gm, example_inputs, static, digest))
+
+        chosen._on_graph = on_graph
         try:
-            with chosen.saving(), shim.capture_config():
+            with shim.capture_config():
                 batched = self._marked(args, kwargs)
                 size = self._batch(args, kwargs) if not batched else None
                 programs.append(
@@ -537,12 +477,13 @@ class CompiledModel:
                 getattr(fn, "__qualname__", fn),
                 why,
             )
-            # the graphs compiled on the way are stored (the trace loads them); they are not
-            # served from here
+            # the graphs built on the way go to the trace that follows (no second load)
             chosen.stats.graphs = graphs
-            del chosen._graphed[graphed:]
+            chosen._spare = built
             cache.refuse(why)
             return None
+        finally:
+            chosen._on_graph = None
         chosen.stats.traced += len(programs)
         return programs
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import torchshim
 from tests.redis_server import RedisServer
 
 FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
@@ -75,5 +76,8 @@ def test_eight_hosts_with_one_redis_compile_each_graph_once(
         k.decode(): int(v)
         for k, v in redis_server.client().hgetall("torchshim:v1:f1:stats").items()
     }
-    assert stats["put"] == variants
-    assert stats["hit"] == variants * (HOSTS - 1)
+    # every graph published once; beside them, on torch 2.10+, the saved Dynamo trace, which every
+    # host that started before another published it traces (cheap) and publishes too
+    saves_traces = "supports_dynamo_program" in torchshim.capabilities()
+    assert variants <= stats["put"] <= variants + (HOSTS if saves_traces else 0), stats
+    assert variants * (HOSTS - 1) <= stats["hit"] <= (variants + saves_traces) * (HOSTS - 1), stats

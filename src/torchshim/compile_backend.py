@@ -153,6 +153,8 @@ class Backend:
         self._on_graph: Callable[[Any, Sequence[Any], Callable[..., Any]], Any] | None = None
         self._spare: dict[str, Callable[..., Any]] = {}
         self._static: frozenset[int] | None = None
+        #: the key (``graph_digest``) of the graph compiled or loaded last
+        self.last_digest = ""
         # fail early, before Dynamo traces anything: unknown adaptor, unsupported torch, a
         # compiler config Inductor would reject
         adaptor = make_adaptor(self.adaptor_name)
@@ -206,6 +208,7 @@ class Backend:
         index = self.stats.graphs
         with self._adaptor() as adaptor:
             factors = self.key_factors(adaptor, gm, example_inputs)
+            self.last_digest = factors["graph"]
             key = self._key(factors)
             adaptor.extra_meta = {"backend_factors": factors, "graph_index": index}
             described = graph_inputs(gm, example_inputs)

@@ -293,17 +293,24 @@ def compiler_config() -> dict[str, Any]:
     return value
 
 
-def rank() -> int | None:
-    text = _raw("TORCHSHIM_RANK").strip()
+def _int(name: str, low: int, high: int | None = None) -> int | None:
+    """The integer variable ``name`` (``None`` when unset), checked against ``low .. high``."""
+    text = _raw(name).strip()
     if not text:
         return None
     try:
         value = int(text)
     except ValueError:
-        raise _error("TORCHSHIM_RANK", text, "not an integer") from None
-    if value < 0:
-        raise _error("TORCHSHIM_RANK", text, "negative")
+        raise _error(name, text, "not an integer") from None
+    if value < low:
+        raise _error(name, text, "negative" if low == 0 else f"below {low}")
+    if high is not None and value > high:
+        raise _error(name, text, f"above {high}")
     return value
+
+
+def rank() -> int | None:
+    return _int("TORCHSHIM_RANK", 0)
 
 
 def lock_timeout() -> float:
@@ -361,16 +368,8 @@ def remote_lease() -> float:
 
 
 def remote_chunk() -> int:
-    text = _raw("TORCHSHIM_REMOTE_CHUNK").strip()
-    if not text:
-        return DEFAULT_REMOTE_CHUNK
-    try:
-        value = int(text)
-    except ValueError:
-        raise _error("TORCHSHIM_REMOTE_CHUNK", text, "not an integer") from None
-    if not 1024 <= value <= 256 << 20:
-        raise _error("TORCHSHIM_REMOTE_CHUNK", text, "outside 1024 .. 268435456")
-    return value
+    value = _int("TORCHSHIM_REMOTE_CHUNK", 1024, 256 << 20)
+    return DEFAULT_REMOTE_CHUNK if value is None else value
 
 
 def check_environment() -> None:

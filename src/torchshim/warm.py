@@ -36,7 +36,7 @@ from torchshim._stable import stable_json
 from torchshim.errors import own_error
 from torchshim.options import BackendOptions
 from torchshim.shims import active, capabilities
-from torchshim.warm_key import _module_digest, _target, global_state, program_factors
+from torchshim.warm_key import global_state, module_digest, program_factors, traced_target
 
 if TYPE_CHECKING:
     from torchshim.cache import CacheStore
@@ -66,15 +66,14 @@ def restore_graph(
     chosen: Backend, gm: Any, example_inputs: Sequence[Any], static: frozenset[int], digest: str
 ) -> Callable[..., Any]:
     """Build a graph of a loaded saved trace as if Dynamo had just traced it."""
-    from torchshim.adaptors import graph_digest
-
     with chosen._lock:
         chosen._static = static
         try:
             fn = chosen._compile_graph(gm, example_inputs)
         finally:
             chosen._static = None
-    if digest != graph_digest(gm, example_inputs):
+        rebuilt = chosen.last_digest
+    if digest != rebuilt:
         log.warning(
             "torchshim: a graph of the saved trace has another key than when it was saved "
             "(it was compiled or loaded afresh)"
@@ -171,7 +170,7 @@ class ProgramCache:
         if not isinstance(modules, dict) or not isinstance(listed, list):
             return None
         for name, digest in sorted(modules.items()):
-            if _module_digest(str(name)) != digest:
+            if module_digest(str(name)) != digest:
                 log.warning(
                     "torchshim: the saved trace of %s is not used: the code of module %s changed "
                     "since it was saved; tracing again",
@@ -218,7 +217,7 @@ class ProgramCache:
                         "kind": "dynamo_program",
                         "program_factors": self.factors,
                         "programs": listed,
-                        "modules": {m: _module_digest(m) for m in sorted(modules)},
+                        "modules": {m: module_digest(m) for m in sorted(modules)},
                     }
                 )
         except Exception as exc:  # a program that cannot be saved still runs
@@ -291,6 +290,10 @@ class CompiledModel:
         self.traced = torch.compile(model, backend=chosen)
         self.__wrapped__ = self.traced
         self.programs: list[Program] | None = None
+        #: the saved programs by the batch size they serve (``None``: the symbolic batch)
+        self._by_size: dict[int | None, Any] = {}
+        #: what comes before the call's arguments (the model, for an nn.Module's forward)
+        self._lead = traced_target(model)[2]
         self.state: dict[str, Any] | None = None
         self._first = True
         self._lock = threading.Lock()
@@ -311,20 +314,19 @@ class CompiledModel:
 
     # -- every call ----------------------------------------------------------------------------
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        programs = self.programs
-        if programs is None:
+        if self.programs is None:
             return self.traced(*args, **kwargs)
         shim = active().module
-        _fn, _name, lead = _target(self.model)
-        full = (*lead, *args)
+        full = (*self._lead, *args)
         if global_state() == self.state:
+            # the program of this batch size, else the symbolic batch's
             batch = self._batch(args, kwargs)
-            for item in sorted(programs, key=lambda p: p.size != batch):
-                if item.size is not None and item.size != batch:
-                    continue
-                if shim.program_guard(item.program, full, kwargs):
-                    return shim.program_call(item.program, full, kwargs)
-            why = shim.program_why_not(programs[-1].program, full, kwargs)
+            sized = self._by_size.get(batch) if batch is not None else None
+            candidates = (sized, self._by_size.get(None))
+            for program in candidates:
+                if program is not None and shim.program_guard(program, full, kwargs):
+                    return shim.program_call(program, full, kwargs)
+            why = shim.program_why_not(self.programs[-1].program, full, kwargs)
         else:
             why = "grad mode, the default dtype or deterministic algorithms differ"
         if not self._refused:
@@ -402,7 +404,7 @@ class CompiledModel:
         store = program_store(chosen)
         if store is None:
             return None
-        fn, _name, lead = _target(self.model)
+        fn, _name, lead = traced_target(self.model)
         cache = ProgramCache(store, program_factors(chosen, self.model, args, kwargs))
         f_globals = getattr(fn, "__globals__", {})
         loading = time.perf_counter()
@@ -420,6 +422,7 @@ class CompiledModel:
             chosen.stats.program_loaded = True
             chosen._event(f"saved trace loaded ({len(programs)} program(s)): no Dynamo trace")
         self.programs = programs
+        self._by_size = {item.size: item.program for item in programs}
         self.state = global_state()
         out = self._call(args, kwargs)
         dim = self.batch_dim or 0
@@ -445,10 +448,9 @@ class CompiledModel:
 
         def on_graph(gm: Any, example_inputs: Sequence[Any], fn: Callable[..., Any]) -> Any:
             # the graph goes into the saved program as its key and the graph itself, to be
-            # loaded from the cache by a warm process
-            from torchshim.adaptors import graph_digest
-
-            digest = graph_digest(gm, example_inputs)
+            # loaded from the cache by a warm process (the backend has just compiled or loaded
+            # it: no spare graphs exist while a trace is saved)
+            digest = chosen.last_digest
             built[digest] = fn
             static = sorted(shim.static_input_indices(gm, example_inputs))
             return shim.saved_graph(fn, saving_payload(gm, example_inputs, static, digest))

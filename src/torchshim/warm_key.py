@@ -14,7 +14,7 @@ from torchshim._stable import stable_json
 if TYPE_CHECKING:
     from torchshim.compile_backend import Backend
 
-__all__ = ["PROGRAM_FORMAT", "global_state", "program_factors"]
+__all__ = ["PROGRAM_FORMAT", "global_state", "module_digest", "program_factors", "traced_target"]
 
 #: Part of every program key: bump when the key's composition or the entry's layout changes.
 PROGRAM_FORMAT = 1
@@ -34,7 +34,7 @@ def _file_digest(path: str | None) -> str:
         return "unreadable"
 
 
-def _module_digest(name: str) -> str:
+def module_digest(name: str) -> str:
     module = sys.modules.get(name)
     return _file_digest(getattr(module, "__file__", None))
 
@@ -60,7 +60,7 @@ def _value_spec(value: Any, batch_dim: int | None) -> Any:
     return [f"{type(value).__module__}.{type(value).__qualname__}"]
 
 
-def _target(model: Callable[..., Any]) -> tuple[Callable[..., Any], str, tuple[Any, ...]]:
+def traced_target(model: Callable[..., Any]) -> tuple[Callable[..., Any], str, tuple[Any, ...]]:
     """What is traced (the model's class's ``forward`` with the model as its first argument, or
     the function), its qualified name, and the arguments that come before the call's."""
     import torch
@@ -91,7 +91,7 @@ def program_factors(
 
     from torchshim.adaptors import make_adaptor
 
-    _fn, name, _lead = _target(model)
+    _fn, name, _lead = traced_target(model)
     source = inspect.getsourcefile(type(model) if isinstance(model, torch.nn.Module) else model)
     tensors: list[Any] = []
     if isinstance(model, torch.nn.Module):

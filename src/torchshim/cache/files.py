@@ -231,32 +231,28 @@ def copy_verified(
                 pass  # another file system, no /proc: copy
             else:
                 return _hash_fd(fd, size)
-        digest = hashlib.sha256()
-        written = 0
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            while written <= size:
-                chunk = os.read(fd, min(_CHUNK, size + 1 - written))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                os.write(out, chunk)
-                written += len(chunk)
+            result = _hash_fd(fd, size, out)
             os.fchmod(out, stat.S_IMODE(os.fstat(fd).st_mode) & 0o755 | 0o600)
         finally:
             os.close(out)
-        return digest.hexdigest(), written
+        return result
     finally:
         os.close(fd)
 
 
-def _hash_fd(fd: int, size: int) -> tuple[str, int]:
+def _hash_fd(fd: int, size: int, out: int | None = None) -> tuple[str, int]:
+    """SHA-256 and length of what ``fd`` holds, reading at most ``size + 1`` bytes (one more says
+    the file grew); each chunk is written to ``out`` too when one is given."""
     digest, read = hashlib.sha256(), 0
     while read <= size:
         chunk = os.read(fd, min(_CHUNK, size + 1 - read))
         if not chunk:
             break
         digest.update(chunk)
+        if out is not None:
+            os.write(out, chunk)
         read += len(chunk)
     return digest.hexdigest(), read
 

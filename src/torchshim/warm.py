@@ -11,7 +11,9 @@ What Dynamo's guards would protect in a traced process is protected another way,
   the compiler config and torchshim's settings: anything different is another key, a miss with one
   log line naming the factor;
 * every module whose code the trace read is hashed when the program is saved and checked when it
-  is loaded (an edit anywhere in the model's files is a miss);
+  is loaded (an edit anywhere in the model's files is a miss); this stands in for Dynamo's guards
+  on objects' identity (a decorator's closure, a function or module the model reads), which cannot
+  leave a process and are left out of the saved guards;
 * the program's own saved guards (tensor shapes, dtypes, strides, constants read from the model)
   are checked at every call; a call they refuse, or one made under other global state, runs
   through an ordinary ``torch.compile`` trace instead.

@@ -14,10 +14,16 @@ from torchshim._stable import stable_json
 if TYPE_CHECKING:
     from torchshim.compile_backend import Backend
 
-__all__ = ["PROGRAM_FORMAT", "global_state", "module_digest", "program_factors", "traced_target"]
+__all__ = [
+    "PROGRAM_FORMAT",
+    "global_state",
+    "module_digest",
+    "program_factors",
+    "traced_target",
+]
 
 #: Part of every program key: bump when the key's composition or the entry's layout changes.
-PROGRAM_FORMAT = 1
+PROGRAM_FORMAT = 2
 
 
 def _digest(value: Any) -> str:
@@ -61,13 +67,18 @@ def _value_spec(value: Any, batch_dim: int | None) -> Any:
 
 
 def traced_target(model: Callable[..., Any]) -> tuple[Callable[..., Any], str, tuple[Any, ...]]:
-    """What is traced (the model's class's ``forward`` with the model as its first argument, or
-    the function), its qualified name, and the arguments that come before the call's."""
+    """What is traced (the model's class's ``forward``, or :func:`run_module` where ``forward``
+    has a closure, with the model as the first argument; or the function), the model's qualified
+    name, and the arguments that come before the call's."""
     import torch
+
+    from torchshim._traced import run_module
 
     if isinstance(model, torch.nn.Module):
         cls = type(model)
-        return cls.forward, f"{cls.__module__}.{cls.__qualname__}", (model,)
+        forward = cls.forward
+        fn = forward if getattr(forward, "__closure__", None) is None else run_module
+        return fn, f"{cls.__module__}.{cls.__qualname__}", (model,)
     name = f"{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', '?')}"
     return model, name, ()
 

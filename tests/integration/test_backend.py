@@ -17,6 +17,7 @@ from tests.conftest import diff_state, state_snapshot
 from tests.integration import backend_run
 from tests.integration.child import run_child
 from torchshim.serving import BatchLayout, ServingStats, make_dispatcher
+from torchshim.shims import capabilities
 
 pytestmark = pytest.mark.compile
 
@@ -95,6 +96,13 @@ def test_warm_start_compiles_nothing_and_matches(starts: dict[str, Any], case: s
     # Dynamo's profile-guided dynamic shapes (torch >= 2.7) may trace a frame symbolic at once
     # in the second process where the first traced it static, then symbolic: never more graphs
     assert warm["stats"]["graphs"] <= cold["stats"]["graphs"]
+    # whole models (a third-party one, with decorated forwards, identity guards and guards on
+    # dicts' keys, among them) run the saved trace: no Dynamo trace in the warm process
+    saved = {"demo"} if "supports_dynamo_program" in capabilities() else set()
+    if "supports_program_dict_guards" in capabilities():
+        saved.add("gpt2")
+    if case in saved:
+        assert warm["stats"]["trace_loaded"], warm["events"]
     for batch, values in cold["outputs"].items():
         assert torch.allclose(torch.tensor(warm["outputs"][batch]), torch.tensor(values), atol=1e-6)
 

@@ -28,6 +28,8 @@ MODEL = """
 import torch
 from torch import nn
 
+from warm_helper import act, keeps_output
+
 
 class Model(nn.Module):
     def __init__(self, dim):
@@ -36,9 +38,36 @@ class Model(nn.Module):
         self.up, self.down = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
         self.scale = 0.5
 
+    @keeps_output  # a decorated forward, as transformers writes its models
     def forward(self, x):
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x)))) * self.scale
+        return x + self.down(act(self.up(self.norm(x)))) * self.scale
 """
+
+# a module of helpers the model calls: its code is not in the model's file, so only the hash of
+# every module the trace read protects a saved trace from an edit here
+HELPER = """
+import functools
+
+import torch
+
+
+def keeps_output(forward):
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+def act(x):
+    return torch.nn.functional.gelu(x)
+"""
+
+
+def _write_model(model_dir: Path) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "warm_model.py").write_text(MODEL)
+    (model_dir / "warm_helper.py").write_text(HELPER)
 
 
 def _run(model_dir: Path, cache: Path, *extra: str) -> tuple[dict[str, Any], str]:
@@ -58,8 +87,7 @@ def _run(model_dir: Path, cache: Path, *extra: str) -> tuple[dict[str, Any], str
 def warm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
     """A model directory and a cache a cold process filled; the cold process's result."""
     root = tmp_path_factory.mktemp("warm")
-    (root / "model").mkdir()
-    (root / "model" / "warm_model.py").write_text(MODEL)
+    _write_model(root / "model")
     cold, _ = _run(root / "model", root / "cache")
     return root / "model", root / "cache", cold
 
@@ -72,6 +100,7 @@ def test_a_warm_process_traces_and_compiles_nothing(
     result, log = _run(model_dir, cache)
     assert result["same"] and result["compiled"] == 0 and result["loaded"] == cold["compiled"]
     assert result["refused_same"]  # another sequence length: traced, and right
+    assert result["changed_same"]  # a constant the trace read, changed: traced, and right
     if SAVES_TRACES:
         assert cold["traces_saved"] == 2  # the symbolic batch and batch 1
         assert result["trace_loaded"] and result["frames"] == 0, result
@@ -116,8 +145,7 @@ def test_each_factor_changed_is_a_miss_with_its_line(
 @pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
 def test_an_edited_model_source_is_a_miss(tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "warm_model.py").write_text(MODEL)
+    _write_model(model_dir)
     cache = tmp_path / "cache"
     _run(model_dir, cache, "--sizes", "")
     (model_dir / "warm_model.py").write_text(MODEL.replace("self.scale = 0.5", "self.scale = 0.25"))
@@ -134,8 +162,7 @@ def test_a_saved_trace_that_does_not_load_is_a_miss(tmp_path: Path) -> None:
     from torchshim.cache import CacheStore
 
     model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "warm_model.py").write_text(MODEL)
+    _write_model(model_dir)
     cache = tmp_path / "cache"
     _run(model_dir, cache, "--sizes", "")
     store = CacheStore(cache / "rank_0")
@@ -152,3 +179,19 @@ def test_a_saved_trace_that_does_not_load_is_a_miss(tmp_path: Path) -> None:
     result, log = _run(model_dir, cache, "--sizes", "")
     assert result["same"] and not result["trace_loaded"] and result["frames"] >= 1, result
     assert "could not be loaded" in log, log[-3000:]
+
+
+@pytest.mark.skipif(not SAVES_TRACES, reason="the series cannot save Dynamo's output")
+@pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
+def test_an_edited_helper_module_is_a_miss(tmp_path: Path) -> None:
+    """An edit in a module the model calls into (not the model's own file, so not in the key)
+    is caught by the hash of every module the trace read: a miss naming it, and right outputs."""
+    model_dir = tmp_path / "model"
+    _write_model(model_dir)
+    cache = tmp_path / "cache"
+    _run(model_dir, cache, "--sizes", "")
+    edited = HELPER.replace("functional.gelu(x)", "functional.relu(x)")
+    (model_dir / "warm_helper.py").write_text(edited)
+    result, log = _run(model_dir, cache, "--sizes", "")
+    assert result["same"] and not result["trace_loaded"] and result["frames"] >= 1, result
+    assert "the code of module warm_helper changed" in log, log[-3000:]

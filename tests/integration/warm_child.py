@@ -51,6 +51,11 @@ def main() -> None:
     with torch.no_grad():
         x = torch.randn(2, args.seq + 1, args.dim, dtype=dtype)
         refused_same = bool(torch.allclose(fast(x), model(x), atol=1e-4, rtol=1e-4))
+        # an attribute the trace read as a constant, changed at run time: the saved guards (which
+        # keep value guards; only identity guards are left out) refuse it, and it is traced
+        model.scale = 0.25
+        x = torch.randn(2, args.seq, args.dim, dtype=dtype)
+        changed_same = bool(torch.allclose(fast(x), model(x), atol=1e-4, rtol=1e-4))
     print(
         "RESULT "
         + json.dumps(
@@ -62,6 +67,7 @@ def main() -> None:
                 "traces_saved": stats["traces_saved"],
                 "same": same,
                 "refused_same": refused_same,
+                "changed_same": changed_same,
                 "phases": stats["phases"],
             }
         )

@@ -8,7 +8,8 @@ torch 2.10 - 2.15: ``torch.compile(fn, fullgraph=True).aot_compile(((args), kwar
 f_globals=...)`` rebuilds it, calling the backend's ``SerializableCallable`` to rebuild each
 compiled graph (``deserialize_compile_artifacts``). Its guards are serialized with it (tensor
 shapes, dtypes, strides, constants read from the model), all but global ones (grad mode and the
-like), which the caller checks itself. The backend's graph is saved with
+like), which the caller checks itself, and identity guards, which cannot leave a process (passed
+over with ``guard_filter_fn``; the caller hashes the traced modules' code instead). The backend's graph is saved with
 ``torch.fx._graph_pickler.GraphPickler`` (torch 2.7+), its node metadata reduced to what
 torchshim reads (placeholders' and outputs' example values, detached: a fake tensor with a
 ``grad_fn`` cannot be pickled).
@@ -17,6 +18,7 @@ torchshim reads (placeholders' and outputs' example values, detached: a fake ten
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,8 +62,106 @@ def capture_program(
             return backend(gm, example_inputs)
 
     with dynamo_config.patch(enable_aot_compile=True):
-        compiled: Any = torch.compile(fn, fullgraph=True, backend=plain_config_backend)
+        compiled: Any = torch.compile(
+            fn,
+            fullgraph=True,
+            backend=plain_config_backend,
+            options={"guard_filter_fn": _saveable_guards},
+        )
         return compiled.aot_compile((tuple(args), dict(kwargs)))
+
+
+# Guards on an object's identity (a function, a closure cell, a class, a module, an enum member,
+# a dict's version tag) cannot leave the process: Dynamo refuses to serialize them. What they
+# protect is protected another way in a saved trace: the code of every module the trace read is
+# hashed at save and checked at load, and the model's class and file are in the key. The rest
+# (types, shapes, dtypes, strides, constants) are kept and checked at every call.
+_IDENTITY_GUARDS = frozenset(
+    {
+        "DICT_VERSION",
+        "NN_MODULE",
+        "ID_MATCH",
+        "FUNCTION_MATCH",
+        "CLASS_MATCH",
+        "MODULE_MATCH",
+        "CLOSURE_MATCH",
+        "WEAKREF_ALIVE",
+    }
+)
+
+
+def _identity_guard_types() -> frozenset[str]:
+    from torch._dynamo.guards import CheckFunctionManager
+
+    return frozenset(
+        getattr(CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", _IDENTITY_GUARDS)
+    )
+
+
+def _saveable_guards(entries: Sequence[Any]) -> list[bool]:
+    dropped = _identity_guard_types()
+    keep = [
+        entry.guard_type not in dropped
+        and not dropped.intersection(getattr(entry, "derived_guard_types", ()) or ())
+        for entry in entries
+    ]
+    # Dynamo builds the kept guards a second time, and that build asserts that each guard still
+    # refers to the object (and class) the first build saw: an object made afresh at each access
+    # (transformers' config views) fails it on torch 2.10 - 2.12. The second build records them
+    # again; it starts from a guard as the first build did.
+    for entry in entries:
+        guard = getattr(entry, "orig_guard", None)
+        for name in ("obj_weakref", "guarded_class_weakref", "guard_types", "code_list"):
+            if guard is not None and hasattr(guard, name):
+                setattr(guard, name, None)
+    return keep
+
+
+_HEADER = b"torchshim-program-1\n"
+
+
+def _resolve(module: str, qualname: str = "") -> Any:
+    import importlib
+
+    value: Any = importlib.import_module(module)
+    for part in qualname.split(".") if qualname else ():
+        value = getattr(value, part)
+    return value
+
+
+def _installed_globals(program: Any) -> dict[str, list[str]]:
+    """The globals Dynamo installed for the program's bytecode under names of its own (a module
+    or a class it reconstructs an output with: ``___module_collections_<id>_c0``), each as the
+    module (and qualified name) a new process imports it by. Raises for one that has no name."""
+    import builtins
+    import types
+
+    env = program._artifacts.runtime_env
+    known = set(env.used_globals) | set(env.import_sources) | {program._artifacts.backend_id}
+    f_globals = program.fn.__globals__
+    found: dict[str, list[str]] = {}
+    for ref in sorted(getattr(env, "external_refs", ()) or ()):
+        if ref in known or hasattr(builtins, ref) or ref not in f_globals:
+            continue
+        value = f_globals[ref]
+        if isinstance(value, types.ModuleType):
+            found[ref] = [value.__name__]
+            continue
+        module = getattr(value, "__module__", None)
+        qualname = getattr(value, "__qualname__", None)
+        try:
+            named = isinstance(module, str) and isinstance(qualname, str)
+            same = named and _resolve(str(module), str(qualname)) is value
+        except (ImportError, AttributeError):
+            same = False
+        if same:
+            found[ref] = [str(module), str(qualname)]
+        elif ref.startswith("__"):  # Dynamo's own name for an object no process can find again
+            raise TypeError(
+                f"the traced code refers to a {type(value).__name__} ({ref}) that a new process "
+                "cannot import by name"
+            )
+    return found
 
 
 def save_program(program: Any) -> bytes:
@@ -69,7 +169,8 @@ def save_program(program: Any) -> bytes:
     data = getattr(result, "serialized_data", result)  # 2.11+: AOTCompileSaveResult; 2.10: bytes
     if not isinstance(data, bytes):
         raise TypeError(f"AOTCompiledFunction.serialize gave {type(data).__name__}, not bytes")
-    return data
+    header = json.dumps({"globals": _installed_globals(program)}, sort_keys=True).encode()
+    return _HEADER + header + b"\n" + data
 
 
 def load_program(data: bytes, f_globals: dict[str, Any], restore: Callable[[bytes], Any]) -> Any:
@@ -77,38 +178,67 @@ def load_program(data: bytes, f_globals: dict[str, Any], restore: Callable[[byte
 
     from torchshim.shims._saved_graph import RESTORE
 
+    if not data.startswith(_HEADER):
+        raise ValueError("not a program saved by this torchshim")
+    header, _, body = data[len(_HEADER) :].partition(b"\n")
+    scope = dict(f_globals)
+    for ref, where in json.loads(header)["globals"].items():
+        scope[ref] = _resolve(*where)
     token = RESTORE.set(restore)
     try:
-        return AOTCompiledFunction.deserialize(data, f_globals=f_globals)
+        return AOTCompiledFunction.deserialize(body, f_globals=scope)
     finally:
         RESTORE.reset(token)
 
 
-def _plain_names(program: Any) -> tuple[str, ...] | None:
-    """The parameter names of a traced function whose locals are just its positional arguments
-    (no defaults, no ``*args``/``**kwargs``, no closure), cached on the program; else ``None``."""
+def _locals_layout(program: Any) -> tuple[tuple[str, ...], str | None, str | None] | None:
+    """How a call's arguments become the traced function's locals when no parameter has a default
+    and there is no closure: the positional names, then the ``*args`` and ``**kwargs`` names (or
+    ``None``), cached on the program; ``None`` when the layout is anything else."""
     import inspect
 
-    if not hasattr(program, "_torchshim_names"):
-        names: tuple[str, ...] | None = None
+    if not hasattr(program, "_torchshim_layout"):
+        layout: tuple[tuple[str, ...], str | None, str | None] | None = None
         artifacts = program._artifacts
         params = list(artifacts.signature.parameters.values())
-        if not artifacts.runtime_env.closure and all(
-            p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is p.empty
-            for p in params
+        kinds = [p.kind for p in params]
+        plain = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        var = [p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL]
+        varkw = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        expected: list[inspect._ParameterKind] = [inspect.Parameter.POSITIONAL_OR_KEYWORD] * len(
+            plain
+        )
+        expected += [inspect.Parameter.VAR_POSITIONAL] * len(var)
+        expected += [inspect.Parameter.VAR_KEYWORD] * len(varkw)
+        if (
+            not artifacts.runtime_env.closure
+            and kinds == expected
+            and all(p.default is p.empty for p in plain)
         ):
-            names = tuple(p.name for p in params)
-        program._torchshim_names = names
-    found: tuple[str, ...] | None = program._torchshim_names
+            layout = (
+                tuple(p.name for p in plain),
+                var[0] if var else None,
+                varkw[0] if varkw else None,
+            )
+        program._torchshim_layout = layout
+    found: tuple[tuple[str, ...], str | None, str | None] | None = program._torchshim_layout
     return found
 
 
 def program_guard(program: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
     # AOTCompiledFunction.guard_check binds the call with inspect.Signature.bind (about 10 us);
-    # a call that passes exactly the function's positional parameters builds the same locals
-    names = _plain_names(program)
-    if names is not None and not kwargs and len(args) == len(names):
-        return bool(program._artifacts.guard_manager.check(dict(zip(names, args, strict=True))))
+    # a call whose arguments map onto the parameters without defaults builds the same locals
+    layout = _locals_layout(program)
+    if layout is not None:
+        names, var, varkw = layout
+        fits = len(args) == len(names) or (var is not None and len(args) >= len(names))
+        if fits and (not kwargs or (varkw is not None and not set(kwargs) & set(names))):
+            f_locals: dict[str, Any] = dict(zip(names, args, strict=False))
+            if var is not None:
+                f_locals[var] = tuple(args[len(names) :])
+            if varkw is not None:
+                f_locals[varkw] = dict(kwargs)
+            return bool(program._artifacts.guard_manager.check(f_locals))
     return bool(program.guard_check(*args, **kwargs))
 
 

@@ -10,6 +10,11 @@ What changed from 2.10, and broke the reference design twice:
 
 2.12 - 2.15 only add optional parameters (``compile_region_name``, ``donate_graph_module``,
 ``fake_mode``, ``_check_can_cache`` keywords) and a ``version`` key in ``CacheBase.get_system()``.
+
+A saved Dynamo output whose guards index a dict's keys by position (GPT-2 from transformers 5)
+loads from 2.11 on; 2.10 fails rebuilding such a guard (``IndexError`` in
+``getitem_on_dict_manager``), which torchshim reports as a miss and traces (capability
+``supports_program_dict_guards``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from torchshim.shims.torch_2_10 import *  # noqa: F403  (everything that did not
 __all__ = list(_base.__all__)
 
 FIRST_SERIES: tuple[int, int] = (2, 11)
+
+CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {"supports_program_dict_guards"}
 
 
 class AlwaysHitShapeEnv(_AlwaysHitShapeEnv210):

@@ -111,13 +111,20 @@ def test_failing_worker_reports_its_exception_in_one_line(tmp_path: Path) -> Non
 def test_ctrl_c_kills_the_worker_and_removes_the_temporary_cache(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torchshim", "demo", "--adaptor", "eager"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(tmp),
-    )
+    # a run started in the background inherits SIGINT ignored, and Python then never turns Ctrl-C
+    # into KeyboardInterrupt: the demo starts as from a terminal (a handled signal is reset to
+    # its default in a new program; an ignored one stays ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torchshim", "demo", "--adaptor", "eager"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(tmp),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -146,7 +153,7 @@ def test_ctrl_c_kills_the_worker_and_removes_the_temporary_cache(tmp_path: Path)
 WHOLE_RUNS = pytest.mark.skipif(
     not FULL,
     reason="whole demo runs (two to four fresh torch processes each, 10-20 s): run where "
-    "TORCHSHIM_FULL=1 (the torch213 env) only, for CI time; the eager backend path they drive "
+    "TORCHSHIM_FULL=1 (the torch211 env) only, for CI time; the eager backend path they drive "
     "is tested in every env by test_backend_options",
 )
 
@@ -203,7 +210,7 @@ def test_fresh_clears_only_the_demos_own_sub_directory(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not FULL,
     reason="compiles the demo model with Inductor in two demo runs (about 2 min on 2 cores); "
-    "runs where TORCHSHIM_FULL=1 (the torch213 env)",
+    "runs where TORCHSHIM_FULL=1 (the torch211 env)",
 )
 def test_rerun_with_stored_entries_starts_warm(tmp_path: Path) -> None:
     cache = tmp_path / "cache"

@@ -3,7 +3,7 @@ own, start the demo model at once with one empty Redis: one compile per graph in
 every other host loads it from Redis, every output equals eager.
 
 Eight fresh processes with real Inductor compiles and loads cost minutes on these machines, so this
-runs where ``TORCHSHIM_FULL=1`` (the torch213 env) only; the remote tier's own tests
+runs where ``TORCHSHIM_FULL=1`` (the torch211 env) only; the remote tier's own tests
 (tests/reliability/test_remote.py: faults, leases, a killed holder, publishes cut short) run in
 every env."""
 
@@ -25,7 +25,7 @@ HOST = Path(__file__).with_name("fleet_host.py")
 HOSTS = 8
 
 pytestmark = pytest.mark.skipif(
-    not FULL, reason="8 processes with real compiles: TORCHSHIM_FULL=1 (the torch213 env) only"
+    not FULL, reason="8 processes with real compiles: TORCHSHIM_FULL=1 (the torch211 env) only"
 )
 
 

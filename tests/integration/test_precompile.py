@@ -61,7 +61,7 @@ def test_precompile_function_runs_the_first_call(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not FULL,
     reason="Inductor compiles of the demo model in two processes (about a minute): runs where "
-    "TORCHSHIM_FULL=1 (the torch213 env) only",
+    "TORCHSHIM_FULL=1 (the torch211 env) only",
 )
 def test_a_serving_process_after_precompile_compiles_nothing(tmp_path: Path) -> None:
     cache = tmp_path / "cache"

@@ -2,8 +2,9 @@
 each caching adaptor, SIGKILL at random points of a save, processes racing on one key, pruning
 while others read, read-only and relocated caches.
 
-``TORCHSHIM_FULL=1`` (the default tox env sets it) runs the full trial counts; other
-envs run shorter ones."""
+``TORCHSHIM_FULL=1`` (one tox env sets it) runs the full trial counts; the first series of each
+shim module runs shorter ones; the other series run the damaged-entry and read-only cases only
+(the sweeps of processes exercise the store, which no torch series changes)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import first_of_shim
 from tests.reliability import faults
 from torchshim.cache import CacheStore, leases
 
@@ -31,6 +33,10 @@ KILL_TRIALS = 30 if FULL else 10
 #: files of each stored entry damaged three ways (flip, truncate, empty), largest first
 FILES_DAMAGED = 3 if FULL else 1
 RACERS = 4 if FULL else 2
+#: many processes: once per shim module and in the full env
+SWEEPS = pytest.mark.skipif(
+    not (FULL or first_of_shim()), reason="process sweeps: once per shim module (CI time)"
+)
 
 
 def _env() -> dict[str, str]:
@@ -179,6 +185,7 @@ def test_every_damaged_entry_is_a_miss_and_a_correct_recompile(variants: dict[st
     assert len(report) == sum(per_adaptor.values()), per_adaptor
 
 
+@SWEEPS
 def test_sigkill_at_random_points_of_a_save_never_tears_an_entry(
     compiled: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -218,6 +225,7 @@ def test_sigkill_at_random_points_of_a_save_never_tears_an_entry(
     print(f"SIGKILL trials: {KILL_TRIALS}, {outcomes}")
 
 
+@SWEEPS
 def test_processes_racing_on_one_key_all_succeed_and_leave_one_entry(tmp_path: Path) -> None:
     base = tmp_path / "race"
     start_at = time.time() + 12  # every racer has imported torch by then
@@ -246,6 +254,7 @@ def test_processes_racing_on_one_key_all_succeed_and_leave_one_entry(tmp_path: P
     assert all(store.verify(e) is None for e in store.entries())
 
 
+@SWEEPS
 def test_prune_while_another_process_reads(tmp_path: Path) -> None:
     store = CacheStore(tmp_path / "c")
     for i in range(40):

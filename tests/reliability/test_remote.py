@@ -2,7 +2,7 @@
 verified, chunked; every fault is a remote miss with one warning and costs nothing local; leases
 let one host of many compile, and a dead holder is replaced after the lease expires.
 
-``TORCHSHIM_FULL=1`` (the torch213 env) runs 20 trials of Redis stopped or killed in the middle of
+``TORCHSHIM_FULL=1`` (the torch211 env) runs 20 trials of Redis stopped or killed in the middle of
 a publish; other envs run 2."""
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def _run_demo_and_report(
         ("  of which Dynamo (trace; warm: first runs), s", *_phases(cold, warm, "dynamo_s")),
         ("  of which loading the saved trace, s", *_phases(cold, warm, "program_s")),
         ("  of which compiling/loading graphs, s", cold["backend_s"], warm["backend_s"]),
-        ("    of which verifying entries, s", _phase(cold, "verify_s"), _phase(warm, "verify_s")),
+        ("    of which verifying entries, s", *_phases(cold, warm, "verify_s")),
         ("graphs compiled", cold["stats"]["compiled"], warm["stats"]["compiled"]),
         ("graphs loaded", cold["stats"]["loaded"], warm["stats"]["loaded"]),
         ("kernel builds (C++/Triton)", cold["builds"], warm["builds"]),

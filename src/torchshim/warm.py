@@ -294,8 +294,8 @@ class CompiledModel:
         self.programs: list[Program] | None = None
         #: the saved programs by the batch size they serve (``None``: the symbolic batch)
         self._by_size: dict[int | None, Any] = {}
-        #: what comes before the call's arguments (the model, for an nn.Module's forward)
-        self._lead = traced_target(model)[2]
+        #: what a saved trace traces, and what comes before the call's arguments (the model)
+        self._fn, _name, self._lead = traced_target(model)
         self.state: dict[str, Any] | None = None
         self._first = True
         self._lock = threading.Lock()
@@ -406,7 +406,7 @@ class CompiledModel:
         store = program_store(chosen)
         if store is None:
             return None
-        fn, _name, lead = traced_target(self.model)
+        fn, lead = self._fn, self._lead
         cache = ProgramCache(store, program_factors(chosen, self.model, args, kwargs))
         f_globals = getattr(fn, "__globals__", {})
         loading = time.perf_counter()

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import torchshim
+from tests.conftest import FULL
 from tests.redis_server import RedisServer
 
-FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
 HOST = Path(__file__).with_name("fleet_host.py")
 HOSTS = 8
 

@@ -5,7 +5,6 @@ saved trace depends on, changed one at a time, is a miss with its log line and c
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,15 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import first_of_shim
+from tests.conftest import FIRST_OF_SHIM, FULL
 from torchshim.shims import capabilities
 
 pytestmark = pytest.mark.compile
 
 HERE = Path(__file__).parent
 SAVES_TRACES = "supports_dynamo_program" in capabilities()
-FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
-FIRST_OF_SHIM = first_of_shim()
 
 MODEL = """
 import torch

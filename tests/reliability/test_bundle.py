@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FULL, first_of_shim
+from tests.conftest import FIRST_OF_SHIM, FULL
 from tests.reliability.bundle_child import ENTRIES, write_entries
 from torchshim import cli
 from torchshim.cache import CacheStore
@@ -134,7 +134,7 @@ def _other_series_python() -> Path | None:
 
 
 @pytest.mark.skipif(
-    not (FULL or first_of_shim()), reason="a process of another series: once per shim module"
+    not (FULL or FIRST_OF_SHIM), reason="a process of another series: once per shim module"
 )
 def test_a_bundle_from_another_torch_series_checks_as_torch_build_misses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -21,21 +21,20 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import first_of_shim
+from tests.conftest import FIRST_OF_SHIM, FULL
 from tests.reliability import faults
 from torchshim.cache import CacheStore, leases
 
 pytestmark = pytest.mark.compile
 
 HERE = Path(__file__).parent
-FULL = os.environ.get("TORCHSHIM_FULL", "").strip() == "1"
 KILL_TRIALS = 30 if FULL else 10
 #: files of each stored entry damaged three ways (flip, truncate, empty), largest first
 FILES_DAMAGED = 3 if FULL else 1
 RACERS = 4 if FULL else 2
 #: many processes: once per shim module and in the full env
 SWEEPS = pytest.mark.skipif(
-    not (FULL or first_of_shim()), reason="process sweeps: once per shim module (CI time)"
+    not (FULL or FIRST_OF_SHIM), reason="process sweeps: once per shim module (CI time)"
 )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FULL, first_of_shim
+from tests.conftest import FIRST_OF_SHIM, FULL
 from torchshim.cache import CacheStore
 from torchshim.shims import active
 from torchshim.shims._common import stable_digest
@@ -199,7 +199,7 @@ def _built(root: Path) -> list[str]:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the probe record is tested on Linux x86_64")
 @pytest.mark.skipif(
-    not (FULL or first_of_shim()), reason="two fresh compiling processes: once per shim module"
+    not (FULL or FIRST_OF_SHIM), reason="two fresh compiling processes: once per shim module"
 )
 def test_second_process_probes_nothing(tmp_path: Path) -> None:
     first = _probe_process(tmp_path, "kernels-1")

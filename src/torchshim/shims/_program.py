@@ -72,48 +72,28 @@ def capture_program(
 
 
 # Guards on an object's identity (a function, a closure cell, a class, a module, an enum member,
-# a dict's version tag) cannot leave the process: Dynamo refuses to serialize them. What they
-# protect is protected another way in a saved trace: the code of every module the trace read is
-# hashed at save and checked at load, and the model's class and file are in the key. The rest
-# (types, shapes, dtypes, strides, constants) are kept and checked at every call.
-_IDENTITY_GUARDS = frozenset(
-    {
-        "DICT_VERSION",
-        "NN_MODULE",
-        "ID_MATCH",
-        "FUNCTION_MATCH",
-        "CLASS_MATCH",
-        "MODULE_MATCH",
-        "CLOSURE_MATCH",
-        "WEAKREF_ALIVE",
-    }
-)
-
-
-def _identity_guard_types() -> frozenset[str]:
+# a dict's version tag) cannot leave the process: Dynamo refuses to serialize them (the types it
+# lists in CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES). What they protect is
+# protected another way in a saved trace: the code of every module the trace read is hashed at
+# save and checked at load, and the model's class and file are in the key. The rest (types,
+# shapes, dtypes, strides, constants) are kept and checked at every call.
+def _saveable_guards(entries: Sequence[Any]) -> list[bool]:
     from torch._dynamo.guards import CheckFunctionManager
 
-    return frozenset(
-        getattr(CheckFunctionManager, "UNSUPPORTED_SERIALIZATION_GUARD_TYPES", _IDENTITY_GUARDS)
-    )
-
-
-def _saveable_guards(entries: Sequence[Any]) -> list[bool]:
-    dropped = _identity_guard_types()
+    dropped = frozenset(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
     keep = [
-        entry.guard_type not in dropped
-        and not dropped.intersection(getattr(entry, "derived_guard_types", ()) or ())
+        entry.guard_type not in dropped and not dropped.intersection(entry.derived_guard_types)
         for entry in entries
     ]
     # Dynamo builds the kept guards a second time, and that build asserts that each guard still
     # refers to the object (and class) the first build saw: an object made afresh at each access
-    # (transformers' config views) fails it on torch 2.10 - 2.12. The second build records them
-    # again; it starts from a guard as the first build did.
-    for entry in entries:
-        guard = getattr(entry, "orig_guard", None)
-        for name in ("obj_weakref", "guarded_class_weakref", "guard_types", "code_list"):
-            if guard is not None and hasattr(guard, name):
-                setattr(guard, name, None)
+    # (transformers' config views) fails it on torch 2.10 and 2.11. The second build records them
+    # again; it starts from each kept guard as the first build did.
+    for entry, kept in zip(entries, keep, strict=True):
+        if kept:
+            guard = entry.orig_guard
+            guard.obj_weakref = guard.guarded_class_weakref = None
+            guard.guard_types = guard.code_list = None
     return keep
 
 
@@ -192,34 +172,28 @@ def load_program(data: bytes, f_globals: dict[str, Any], restore: Callable[[byte
 
 
 def _locals_layout(program: Any) -> tuple[tuple[str, ...], str | None, str | None] | None:
-    """How a call's arguments become the traced function's locals when no parameter has a default
-    and there is no closure: the positional names, then the ``*args`` and ``**kwargs`` names (or
-    ``None``), cached on the program; ``None`` when the layout is anything else."""
+    """How a call's arguments become the traced function's locals when there is no closure and
+    every parameter is positional-or-keyword without a default, ``*args`` or ``**kwargs``: the
+    positional names and the ``*args`` and ``**kwargs`` names (or ``None``), cached on the
+    program; ``None`` when the layout is anything else."""
     import inspect
 
     if not hasattr(program, "_torchshim_layout"):
         layout: tuple[tuple[str, ...], str | None, str | None] | None = None
         artifacts = program._artifacts
         params = list(artifacts.signature.parameters.values())
-        kinds = [p.kind for p in params]
         plain = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         var = [p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL]
         varkw = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
-        expected: list[inspect._ParameterKind] = [inspect.Parameter.POSITIONAL_OR_KEYWORD] * len(
-            plain
-        )
-        expected += [inspect.Parameter.VAR_POSITIONAL] * len(var)
-        expected += [inspect.Parameter.VAR_KEYWORD] * len(varkw)
+        # a signature orders its kinds itself: only positional-only and keyword-only are out
+        simple = len(plain) + len(var) + len(varkw) == len(params)
         if (
-            not artifacts.runtime_env.closure
-            and kinds == expected
+            simple
+            and not artifacts.runtime_env.closure
             and all(p.default is p.empty for p in plain)
         ):
-            layout = (
-                tuple(p.name for p in plain),
-                var[0] if var else None,
-                varkw[0] if varkw else None,
-            )
+            names = tuple(p.name for p in plain)
+            layout = (names, var[0] if var else None, varkw[0] if varkw else None)
         program._torchshim_layout = layout
     found: tuple[tuple[str, ...], str | None, str | None] | None = program._torchshim_layout
     return found

@@ -97,10 +97,12 @@ def test_warm_start_compiles_nothing_and_matches(starts: dict[str, Any], case: s
     # in the second process where the first traced it static, then symbolic: never more graphs
     assert warm["stats"]["graphs"] <= cold["stats"]["graphs"]
     # whole models (a third-party one, with decorated forwards, identity guards and guards on
-    # dicts' keys, among them) run the saved trace: no Dynamo trace in the warm process
-    saved = {"demo"} if "supports_dynamo_program" in capabilities() else set()
-    if "supports_program_dict_guards" in capabilities():
-        saved.add("gpt2")
+    # dicts' keys, among them) run the saved trace: no Dynamo trace in the warm process. The cold
+    # run here shares this process with earlier compiles, which 2.10 cannot always capture in
+    # (test_warm_start covers 2.10 with fresh processes)
+    saved = set()
+    if "supports_program_real_models" in capabilities():
+        saved = {"demo", "gpt2"}
     if case in saved:
         assert warm["stats"]["trace_loaded"], warm["events"]
     for batch, values in cold["outputs"].items():

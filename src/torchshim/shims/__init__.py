@@ -70,8 +70,9 @@ CAPABILITY_NAMES: dict[str, str] = {
     "supports_standalone_unpacked_format": "CompiledArtifact.save/load with format='unpacked'",
     "supports_standalone_from_graph": "standalone_compile(dynamic_shapes='from_graph') on any graph",
     "supports_dynamo_program": "save Dynamo's output and run it in a warm process without tracing",
-    "supports_program_dict_guards": (
-        "load a saved Dynamo output whose guards index a dict's keys (GPT-2 from transformers 5)"
+    "supports_program_real_models": (
+        "save and load Dynamo's output of third-party models in any process (GPT-2 from "
+        "transformers 5; a process that compiled before)"
     ),
 }
 

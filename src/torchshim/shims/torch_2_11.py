@@ -11,10 +11,12 @@ What changed from 2.10, and broke the reference design twice:
 2.12 - 2.15 only add optional parameters (``compile_region_name``, ``donate_graph_module``,
 ``fake_mode``, ``_check_can_cache`` keywords) and a ``version`` key in ``CacheBase.get_system()``.
 
-A saved Dynamo output whose guards index a dict's keys by position (GPT-2 from transformers 5)
-loads from 2.11 on; 2.10 fails rebuilding such a guard (``IndexError`` in
-``getitem_on_dict_manager``), which torchshim reports as a miss and traces (capability
-``supports_program_dict_guards``).
+Saved Dynamo output on 2.10 fails where 2.11 works, each time as a miss that traces, never a wrong
+result: a saved trace whose guards index a dict's keys by position (GPT-2 from transformers 5) does
+not load (``IndexError`` in ``getitem_on_dict_manager``), and a capture in a process that compiled
+other graphs before can fail Dynamo's own check of the new guards ("Guard failed on the same frame
+it was created ... GLOBAL_STATE changed: grad_mode"). Capability ``supports_program_real_models``
+marks 2.11+.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = list(_base.__all__)
 
 FIRST_SERIES: tuple[int, int] = (2, 11)
 
-CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {"supports_program_dict_guards"}
+CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {"supports_program_real_models"}
 
 
 class AlwaysHitShapeEnv(_AlwaysHitShapeEnv210):

@@ -1,6 +1,6 @@
 """Cold and warm starts through torchshim's backend, shared by the backend tests: process A (the
 pytest process) runs :func:`run` in ``cold`` mode; process B runs this file as a script
-(``python backend_run.py BASE OUT``) in ``warm`` mode and must compile nothing."""
+(``python backend_run.py BASE OUT [MODEL,...]``) in ``warm`` mode and must compile nothing."""
 
 from __future__ import annotations
 
@@ -132,9 +132,10 @@ def run_one(
     return record
 
 
-def run(base: Path) -> dict[str, Any]:
-    """Every model, plus rank 1 of the demo model, plus the demo model by backend name."""
-    results = {name: run_one(base, name) for name in MODELS}
+def run(base: Path, names: tuple[str, ...] = tuple(MODELS)) -> dict[str, Any]:
+    """The models named (every one unless told), plus rank 1 of the broken model, plus the demo
+    model by backend name."""
+    results = {name: run_one(base, name) for name in names}
     results["broken@rank1"] = run_one(base, "broken", rank=1)
     # by name, configured by the environment, over the same cache: the demo model's entries load
     os.environ["TORCHSHIM_CACHE_DIR"] = str(base)
@@ -151,13 +152,14 @@ def run(base: Path) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     base, out = Path(argv[1]), Path(argv[2])
+    names = tuple(argv[3].split(",")) if len(argv) > 3 else tuple(MODELS)
     shim = torchshim.shims.active().module
     t0 = time.perf_counter()
     torchshim.warm_up()
     before = shim.compile_counters()
     counter = CompilerProcessCounter()
     with counter.watching():
-        results = run(base)
+        results = run(base, names)
     after = shim.compile_counters()
     out.write_text(
         json.dumps(

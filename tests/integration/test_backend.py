@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torchshim
-from tests.conftest import diff_state, state_snapshot
+from tests.conftest import FIRST_OF_SHIM, FULL, diff_state, state_snapshot
 from tests.integration import backend_run
 from tests.integration.child import run_child
 from torchshim.serving import BatchLayout, ServingStats, make_dispatcher
@@ -36,9 +36,14 @@ NEEDS_TRANSFORMERS = pytest.mark.skipif(
     not _installed("transformers"),
     reason="the gpt2 case builds a transformers model (not installed)",
 )
+# a real model costs a minute of compiles: once per shim module (heavy cases, CI time)
+HEAVY = pytest.mark.skipif(
+    not (FIRST_OF_SHIM or FULL), reason="GPT-2 through the backend: once per shim module"
+)
+MODELS = tuple(n for n in backend_run.MODELS if n != "gpt2" or FIRST_OF_SHIM or FULL)
 CASES = [
     "demo",
-    pytest.param("gpt2", marks=NEEDS_TRANSFORMERS),
+    pytest.param("gpt2", marks=[NEEDS_TRANSFORMERS, HEAVY]),
     "broken",
     "broken@rank1",
     "demo@by_name",
@@ -49,13 +54,15 @@ CASES = [
 def starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("backend") / "cache"
     before = state_snapshot()
-    cold = backend_run.run(base)
+    cold = backend_run.run(base, MODELS)
     leaks = diff_state(before, state_snapshot())
     out = base.parent / "warm.json"
     moved = base.parent / "moved" / "cache"  # the warm start also proves the cache relocates
     moved.parent.mkdir()
     base.rename(moved)
-    warm = run_child("backend_run.py", [str(moved), str(out)], out, "warm process")
+    warm = run_child(
+        "backend_run.py", [str(moved), str(out), ",".join(MODELS)], out, "warm process"
+    )
     return {"cold": cold, "warm": warm, "leaks": leaks, "base": moved}
 
 

@@ -158,6 +158,7 @@ def variants(compiled: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@SWEEPS  # a fresh process recompiling every damaged copy (the in-process checks: test_store)
 def test_every_damaged_entry_is_a_miss_and_a_correct_recompile(variants: dict[str, Any]) -> None:
     results = variants["results"]
     assert sorted(results) == sorted(variants["spec"]), "the loader skipped variants"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +220,77 @@ def test_second_process_probes_nothing(tmp_path: Path) -> None:
     assert second == first  # the same answer
     assert _built(tmp_path / "kernels-2") == []  # without building a test program
     assert records[0].read_bytes() == before
+
+
+def test_source_tree_fingerprint_sees_every_change_to_what_torch_key_reads(tmp_path: Path) -> None:
+    from torchshim.shims._common import source_tree_fingerprint
+
+    root = tmp_path / "torch"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "a.py").write_text("x = 1\n")
+    (root / "include").mkdir()  # not a package: pkgutil (and torch_key) never reads it
+    (root / "include" / "h.h").write_text("int x;\n")
+    (root / "top.py").write_text("")
+    first = source_tree_fingerprint(str(root))
+    assert source_tree_fingerprint(str(root)) == first
+    (root / "include" / "h.h").write_text("int y;\n")
+    assert source_tree_fingerprint(str(root)) == first
+    seen = {first}
+    a = root / "pkg" / "a.py"
+    changes = [
+        lambda: a.write_text("x = 2\n"),  # same size, rewritten: another modification time
+        lambda: a.write_text("x = 22\n"),
+        lambda: (root / "pkg" / "b.py").write_text(""),
+        (root / "top.py").unlink,
+    ]
+    for number, change in enumerate(changes):
+        stamp = 1_700_000_000 + number
+        change()
+        for path in root.rglob("*"):
+            os.utime(path, (stamp, stamp))  # a coarse clock cannot hide a change
+        fingerprint = source_tree_fingerprint(str(root))
+        assert fingerprint not in seen, number
+        seen.add(fingerprint)
+
+
+_TORCH_KEY = """
+import json, sys
+import torchshim
+from torchshim.adaptors.machine import torch_source_key
+from torchshim.shims import active
+from torch._inductor.codecache import torch_key
+ours = torch_source_key()
+print(json.dumps({"ours": ours, "torch": torch_key().hex(), "primes": hasattr(torch_key, "set"),
+                  "fingerprint": active().module.torch_source_fingerprint()}))
+"""
+
+
+def test_torch_source_key_is_recorded_once_and_then_not_recomputed(tmp_path: Path) -> None:
+    """The first process hashes torch's sources and records the answer; a later one takes it
+    from the record, torch's own cache filled with it (where the series allows, 2.8+)."""
+
+    def run() -> dict[str, Any]:
+        env = {**os.environ, "TORCHSHIM_CACHE_DIR": str(tmp_path / "user")}
+        done = subprocess.run(
+            [sys.executable, "-c", _TORCH_KEY],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    first = run()
+    assert first["ours"] == first["torch"]
+    store = CacheStore(tmp_path / "user", shared=False)
+    assert store.read_facts(first["fingerprint"]) == {"torch_key": first["torch"]}
+    marker = "ab" * 32  # a recorded answer that is not what hashing would give
+    store.write_facts(first["fingerprint"], {"torch_key": marker})
+    second = run()
+    if second["primes"]:  # torch_key.set (2.8+): read from the record, torch hashed nothing
+        assert second["ours"] == second["torch"] == marker
+    else:  # 2.5 - 2.7 cannot fill torch's cache: it hashes its sources, and that answer stands
+        assert second["ours"] == second["torch"] == first["torch"]

@@ -27,7 +27,7 @@ from torchshim.adaptors.handles import (
     StandaloneHandle,
     handle_from_json,
 )
-from torchshim.adaptors.machine import machine_probes, warm_up
+from torchshim.adaptors.machine import machine_probes, torch_source_key, warm_up
 from torchshim.cache import CacheStore, TieredStore, remote_from_environment
 from torchshim.errors import (
     AdaptorConfigError,
@@ -205,7 +205,7 @@ class CompilerInterface(abc.ABC):
     def compute_hash_factors(self) -> dict[str, str]:
         """Everything about the compiler that must match for an artifact to be reused."""
         shim = active()
-        factors = dict(shim.module.hash_factors())
+        factors = dict(shim.module.hash_factors(torch_source_key()))
         factors.update(
             {
                 "adaptor": self.name,

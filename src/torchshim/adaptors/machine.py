@@ -1,5 +1,5 @@
-"""Machine facts Inductor probes for once per process (the CPU vector ISA), answered from where
-torchshim recorded them."""
+"""Machine facts Inductor probes for or computes once per process (the CPU vector ISA, torch's
+source hash), answered from where torchshim recorded them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torchshim.errors import (
 )
 from torchshim.shims import active
 
-__all__ = ["machine_probes", "warm_up"]
+__all__ = ["machine_probes", "torch_source_key", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +83,34 @@ def warm_up(store: CacheStore | None = None) -> None:
     from torchshim's probe record where it has one; see :func:`machine_probes`."""
     with machine_probes(store):
         active().module.warm_up_cpu()
+
+
+_torch_key_lock = threading.Lock()
+_torch_key: list[str] = []  # this process's answer, once known
+
+
+def torch_source_key() -> str:
+    """torch's source hash (Inductor's ``torch_key``, a cache-key factor of every compile), as
+    hex. Computing it reads and hashes every module of torch (0.2-0.3 s, once per process); it
+    is recorded in the user's torchshim cache directory keyed by the paths, sizes and
+    modification times of those files and the torch build, so that a later process stats the
+    files instead, and fills torch's own cache of it with the answer where the series allows
+    (2.8+). A file changed in any way changes the fingerprint: the hash is computed again."""
+    with _torch_key_lock:
+        if _torch_key:
+            return _torch_key[0]
+        shim = active().module
+        store = _machine_store()
+        try:
+            fingerprint = shim.torch_source_fingerprint()
+        except Exception as exc:  # an unreadable tree: compute it as torch does
+            log.debug("torch's source hash not recorded: %s: %s", type(exc).__name__, exc)
+            fingerprint = None
+        known = None
+        if store is not None and store.enabled and fingerprint is not None:
+            known = store.read_facts(fingerprint).get("torch_key")
+        value = shim.torch_source_key(known)
+        if store is not None and store.enabled and fingerprint is not None and value != known:
+            store.write_facts(fingerprint, {"torch_key": value})
+        _torch_key.append(value)
+        return value

@@ -1,5 +1,6 @@
-"""Probe records: machine facts Inductor probes for at start-up (the CPU vector ISA), kept in a
-store under ``probes/``, keyed by everything they depend on (the fingerprint).
+"""Probe records: machine facts Inductor probes for at start-up (the CPU vector ISA) and facts it
+computes once per process (torch's source hash), kept in a store under ``probes/``, keyed by
+everything they depend on (the fingerprint).
 
 A probe record changes what code Inductor generates, so it is trusted like an entry: in a shared
 store it is used only when signed with ``TORCHSHIM_CACHE_KEY``; with a key set, an unsigned or
@@ -22,7 +23,7 @@ from torchshim.errors import CacheDirError
 if TYPE_CHECKING:
     from torchshim.cache.store import CacheStore
 
-__all__ = ["read_probes", "write_probes"]
+__all__ = ["read_facts", "read_probes", "write_facts", "write_probes"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def _name(fingerprint: str) -> str:
     return f"{hashlib.sha256(fingerprint.encode()).hexdigest()[:32]}.json"
 
 
-def read_probes(store: CacheStore, fingerprint: str) -> dict[str, bool]:
-    """The answers recorded for ``fingerprint``; empty when none, unreadable, for another
+def _read_record(store: CacheStore, fingerprint: str) -> dict[str, Any]:
+    """The results recorded for ``fingerprint``; empty when none, unreadable, for another
     fingerprint, unsigned where a signature is required, or not verifying."""
     if not store.enabled:
         return {}
@@ -57,11 +58,11 @@ def read_probes(store: CacheStore, fingerprint: str) -> dict[str, bool]:
     ):
         log.warning("ignoring probe record %s: its signature does not verify", _name(fingerprint))
         return {}
-    return {str(k): v for k, v in results.items() if isinstance(v, bool)}
+    return {str(k): v for k, v in results.items()}
 
 
-def write_probes(store: CacheStore, fingerprint: str, results: Mapping[str, bool]) -> None:
-    """Record answers for ``fingerprint`` (atomically; nothing where read-only or untrusted)."""
+def _write_record(store: CacheStore, fingerprint: str, results: Mapping[str, Any]) -> None:
+    """Record ``results`` for ``fingerprint`` (atomically; nothing where read-only or untrusted)."""
     if not (store.enabled and store.writable) or not results:
         return
     record: dict[str, Any] = {"fingerprint": fingerprint, "results": dict(results)}
@@ -74,4 +75,24 @@ def write_probes(store: CacheStore, fingerprint: str, results: Mapping[str, bool
                 data = json.dumps(record, sort_keys=True).encode()
                 atomic_write_at(fd, path.name, data, 0o640 if store.shared else 0o600)
     except (OSError, CacheDirError) as exc:
-        log.debug("could not record probe answers in %s: %s", path, exc)
+        log.debug("could not record machine facts in %s: %s", path, exc)
+
+
+def read_probes(store: CacheStore, fingerprint: str) -> dict[str, bool]:
+    """The probe answers recorded for ``fingerprint`` (see :func:`_read_record`)."""
+    return {k: v for k, v in _read_record(store, fingerprint).items() if isinstance(v, bool)}
+
+
+def write_probes(store: CacheStore, fingerprint: str, results: Mapping[str, bool]) -> None:
+    """Record probe answers for ``fingerprint``."""
+    _write_record(store, fingerprint, results)
+
+
+def read_facts(store: CacheStore, fingerprint: str) -> dict[str, str]:
+    """The computed facts (strings) recorded for ``fingerprint``."""
+    return {k: v for k, v in _read_record(store, fingerprint).items() if isinstance(v, str)}
+
+
+def write_facts(store: CacheStore, fingerprint: str, facts: Mapping[str, str]) -> None:
+    """Record computed facts for ``fingerprint``."""
+    _write_record(store, fingerprint, facts)

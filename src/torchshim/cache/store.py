@@ -341,6 +341,16 @@ class CacheStore(StoreDirectory):
 
         write_probes(self, fingerprint, results)
 
+    def read_facts(self, fingerprint: str) -> dict[str, str]:
+        from torchshim.cache.probes import read_facts
+
+        return read_facts(self, fingerprint)
+
+    def write_facts(self, fingerprint: str, facts: Mapping[str, str]) -> None:
+        from torchshim.cache.probes import write_facts
+
+        write_facts(self, fingerprint, facts)
+
     # -- reading ------------------------------------------------------------------------------
     def _manifest_of(
         self, entry_id: str, expect: Mapping[str, Any], key: str | None

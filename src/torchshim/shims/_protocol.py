@@ -241,8 +241,19 @@ class ShimModule(Protocol):
         ...
 
     # --- factors, counters, warm-up -----------------------------------------------------------
-    def hash_factors(self) -> dict[str, str]:
-        """The compiler's cache-key factors: system, torch key, portable Inductor/functorch config."""
+    def hash_factors(self, torch_key_hex: str | None = None) -> dict[str, str]:
+        """The compiler's cache-key factors: system, torch key (``torch_key_hex`` where the caller
+        knows it, see :meth:`torch_source_key`), portable Inductor/functorch config."""
+        ...
+
+    def torch_source_fingerprint(self) -> str:
+        """A digest of the paths, sizes and modification times of what ``torch_key`` hashes (and
+        of the torch build): equal fingerprints mean an equal ``torch_key``."""
+        ...
+
+    def torch_source_key(self, known: str | None = None) -> str:
+        """``torch_key()`` as hex; ``known`` (recorded for this fingerprint) fills torch's own
+        cache of it first where the series allows (2.8+), so that nothing hashes the sources."""
         ...
 
     def compile_counters(self) -> dict[str, int]:

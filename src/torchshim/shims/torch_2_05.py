@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torchshim._patching import patch_attr, patch_environ
-from torchshim.shims._common import config_patch_existing, stable_digest, stable_json
+from torchshim.shims._common import (
+    config_patch_existing,
+    source_tree_fingerprint,
+    stable_digest,
+    stable_json,
+)
 from torchshim.shims._common import walk_module_file as _walk_module_file
 from torchshim.shims._no_program import (  # torch 2.10+ only (supports_dynamo_program)
     capture_program,
@@ -86,6 +91,8 @@ __all__ = [
     "specialize_float_inputs",
     "standalone_compile",
     "static_input_indices",
+    "torch_source_fingerprint",
+    "torch_source_key",
     "tunes_at_load",
     "warm_up_cpu",
 ]
@@ -482,14 +489,39 @@ def _portable_config(config: Any) -> dict[str, Any]:
         return dict(config.get_config_copy())
 
 
-def hash_factors() -> dict[str, str]:
+def torch_source_fingerprint() -> str:
+    # what torch_key reads, torch 2.5 - 2.15: torch's modules and two files of Inductor's
+    import torch
+
+    root = os.path.dirname(torch.__file__)
+    inductor = os.path.join(root, "_inductor")  # its path, without importing Inductor
+    extra = tuple(
+        os.path.join(inductor, f) for f in ("codegen/aoti_runtime/interface.cpp", "script.ld")
+    )
+    build = f"{torch.__version__}\0{torch.version.git_version}\0{root}\0"
+    return stable_digest([build, source_tree_fingerprint(root, extra)])
+
+
+def torch_source_key(known: str | None = None) -> str:
+    from torch._inductor.codecache import torch_key
+
+    # torch 2.8+ lets its cache of the source hash be filled from outside (torch_key.set);
+    # where the value is already computed, or on 2.5 - 2.7, torch computes it as it would
+    prime = getattr(torch_key, "set", None)
+    if known is not None and prime is not None:
+        with contextlib.suppress(AssertionError, RuntimeError, ValueError):
+            prime(bytes.fromhex(known))
+    return str(torch_key().hex())
+
+
+def hash_factors(torch_key_hex: str | None = None) -> dict[str, str]:
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
-    from torch._inductor.codecache import CacheBase, torch_key
+    from torch._inductor.codecache import CacheBase
 
     return {
         "system": stable_json(CacheBase.get_system()),
-        "torch_key": torch_key().hex(),
+        "torch_key": torch_key_hex if torch_key_hex is not None else torch_source_key(),
         "inductor_config": stable_digest(_portable_config(inductor_config)),
         "functorch_config": stable_digest(_portable_config(functorch_config)),
     }

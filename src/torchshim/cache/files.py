@@ -9,14 +9,16 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "LockTimeout",
     "UnsafePath",
     "atomic_write",
     "atomic_write_at",
+    "copy_entry_files",
     "copy_verified",
     "file_lock",
     "fsync_dir",
@@ -240,6 +242,27 @@ def copy_verified(
         return result
     finally:
         os.close(fd)
+
+
+def copy_entry_files(
+    dir_fd: int, files: Mapping[str, Mapping[str, Any]], scratch: Path, link: bool
+) -> str | None:
+    """Copy (link, where ``link``) and hash every file a manifest lists (``rel -> {"size",
+    "sha256"}``) from the entry at ``dir_fd`` into ``scratch``; the first problem in name order,
+    or ``None``."""
+    for rel in sorted(files):
+        record = files[rel]
+        try:
+            digest, _ = copy_verified(dir_fd, rel, scratch / rel, record["size"], link)
+        except FileNotFoundError:
+            return f"its file {rel} is missing"
+        except UnsafePath as exc:
+            return f"its file {rel} is unusable: {exc.strerror or exc}"
+        except OSError as exc:
+            return f"its file {rel} is unreadable ({exc.strerror or exc})"
+        if digest != record["sha256"]:
+            return f"its file {rel} does not match its SHA-256"
+    return None
 
 
 def _hash_fd(fd: int, size: int, out: int | None = None) -> tuple[str, int]:

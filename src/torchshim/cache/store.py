@@ -51,7 +51,7 @@ from torchshim.cache.files import (
     LockTimeout,
     UnsafePath,
     atomic_write,
-    copy_verified,
+    copy_entry_files,
     file_lock,
     fsync_tree,
     make_dir_at,
@@ -435,7 +435,7 @@ class CacheStore(StoreDirectory):
                 manifest, problem = self._manifest_at(fd, entry_id, expect, key)
                 if manifest is not None:
                     scratch = self._temp_dir("checkout")
-                    problem = self._copy_files(fd, manifest, scratch, not self.shared)
+                    problem = copy_entry_files(fd, manifest["files"], scratch, not self.shared)
         except UnsafePath as exc:
             problem = f"its directory is unusable ({exc})"
         if problem is not None:
@@ -450,23 +450,6 @@ class CacheStore(StoreDirectory):
         self.count("hit", entry_id)
         self.touch(entry_id)
         return scratch
-
-    @staticmethod
-    def _copy_files(fd: int, manifest: Mapping[str, Any], scratch: Path, link: bool) -> str | None:
-        """Copy (link, in a private store) and hash every file the manifest lists from the entry
-        at ``fd``; the problem."""
-        for rel, record in sorted(manifest["files"].items()):
-            try:
-                digest, _ = copy_verified(fd, rel, scratch / rel, record["size"], link)
-            except FileNotFoundError:
-                return f"its file {rel} is missing"
-            except UnsafePath as exc:
-                return f"its file {rel} is unusable: {exc.strerror or exc}"
-            except OSError as exc:
-                return f"its file {rel} is unreadable ({exc.strerror or exc})"
-            if digest != record["sha256"]:
-                return f"its file {rel} does not match its SHA-256"
-        return None
 
     def touch(self, entry_id: str) -> None:
         """Refresh the entry's last-use time, at most once per hour (cheap LRU for prune)."""

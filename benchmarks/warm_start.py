@@ -212,6 +212,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--repeat", type=int, default=3, help="warm starts per run (median)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.mode == "worker":
         print(json.dumps(worker(args)))
         return 0

@@ -231,27 +231,39 @@ def test_source_tree_fingerprint_sees_every_change_to_what_torch_key_reads(tmp_p
     (root / "pkg" / "a.py").write_text("x = 1\n")
     (root / "include").mkdir()  # not a package: pkgutil (and torch_key) never reads it
     (root / "include" / "h.h").write_text("int x;\n")
+    (root / "runtime").mkdir()  # not a package, but named (as torch_key names aoti_runtime)
+    (root / "runtime" / "streams.h").write_text("int s;\n")
     (root / "top.py").write_text("")
-    first = source_tree_fingerprint(str(root))
-    assert source_tree_fingerprint(str(root)) == first
+    extra = (str(root / "runtime"),)
+
+    def fingerprint() -> str:
+        return source_tree_fingerprint(str(root), extra)
+
+    def rewrite_keeping_mtime() -> None:
+        # same size, and the modification time put back as `cp -p` or `tar` would: only the
+        # change time (which nothing can set back) shows it
+        before = a.stat()
+        a.write_text("x = 2\n")
+        os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    first = fingerprint()
+    assert fingerprint() == first
     (root / "include" / "h.h").write_text("int y;\n")
-    assert source_tree_fingerprint(str(root)) == first
+    assert fingerprint() == first
     seen = {first}
     a = root / "pkg" / "a.py"
-    changes = [
-        lambda: a.write_text("x = 2\n"),  # same size, rewritten: another modification time
-        lambda: a.write_text("x = 22\n"),
-        lambda: (root / "pkg" / "b.py").write_text(""),
-        (root / "top.py").unlink,
-    ]
-    for number, change in enumerate(changes):
-        stamp = 1_700_000_000 + number
+    changes = {
+        "rewritten, same size and mtime": rewrite_keeping_mtime,
+        "resized": lambda: a.write_text("x = 22\n"),
+        "a named directory's file": lambda: (root / "runtime" / "streams.h").write_text("int t;\n"),
+        "added": lambda: (root / "pkg" / "b.py").write_text(""),
+        "removed": (root / "top.py").unlink,
+    }
+    for what, change in changes.items():
         change()
-        for path in root.rglob("*"):
-            os.utime(path, (stamp, stamp))  # a coarse clock cannot hide a change
-        fingerprint = source_tree_fingerprint(str(root))
-        assert fingerprint not in seen, number
-        seen.add(fingerprint)
+        now = fingerprint()
+        assert now not in seen, what
+        seen.add(now)
 
 
 _TORCH_KEY = """
@@ -294,3 +306,32 @@ def test_torch_source_key_is_recorded_once_and_then_not_recomputed(tmp_path: Pat
         assert second["ours"] == second["torch"] == marker
     else:  # 2.5 - 2.7 cannot fill torch's cache: it hashes its sources, and that answer stands
         assert second["ours"] == second["torch"] == first["torch"]
+    store.write_facts(first["fingerprint"], {"torch_key": "not a digest"})  # damaged
+    third = run()
+    assert third["ours"] == third["torch"] == first["torch"]  # hashed again, and re-recorded
+    assert store.read_facts(first["fingerprint"]) == {"torch_key": first["torch"]}
+
+
+def test_the_fingerprint_covers_every_file_torch_key_names() -> None:
+    """torch_key hashes torch's modules plus files it names (2.14 added streams.h): each must be
+    in what the fingerprint stats, or an edit to it would leave a stale recorded key."""
+    import inspect
+    import re
+
+    import torch._inductor.codecache as codecache
+
+    source = inspect.getsource(codecache)
+    block = re.search(r"extra_files = \(([^)]*)\)", source)
+    assert block, "torch_key's extra_files not found: compare torch_source_fingerprint with it"
+    named = re.findall(r"\"([^\"]+)\"", block.group(1))
+    assert named
+    root = Path(codecache.__file__).parent
+    # what torch_source_fingerprint stats: every file of a package directory (cpp_prefix.h,
+    # script.ld) and the whole aoti_runtime directory
+    uncovered = [
+        n
+        for n in named
+        if not (root / n).parent.joinpath("__init__.py").exists()
+        and not n.startswith("codegen/aoti_runtime/")
+    ]
+    assert not uncovered, uncovered

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,26 +92,35 @@ _torch_key: list[str] = []  # this process's answer, once known
 
 def torch_source_key() -> str:
     """torch's source hash (Inductor's ``torch_key``, a cache-key factor of every compile), as
-    hex. Computing it reads and hashes every module of torch (0.2-0.3 s, once per process); it
-    is recorded in the user's torchshim cache directory keyed by the paths, sizes and
-    modification times of those files and the torch build, so that a later process stats the
-    files instead, and fills torch's own cache of it with the answer where the series allows
-    (2.8+). A file changed in any way changes the fingerprint: the hash is computed again."""
+    hex. Computing it reads and hashes every module of torch (0.15-0.25 s, once per process); it
+    is recorded in the user's torchshim cache directory keyed by the torch build and the path,
+    size, inode and modification and change times of every file it reads, so that a later
+    process stats the files instead, and fills torch's own cache of it with the answer where the
+    series allows (2.8+). A file written in any way changes the fingerprint: the hash is computed
+    again. The record never stands in the way: a store that cannot be used, or a record that is
+    not a SHA-256, is as if there were none."""
     with _torch_key_lock:
         if _torch_key:
             return _torch_key[0]
         shim = active().module
-        store = _machine_store()
+        store: CacheStore | None = None
+        fingerprint = known = None
         try:
             fingerprint = shim.torch_source_fingerprint()
-        except Exception as exc:  # an unreadable tree: compute it as torch does
-            log.debug("torch's source hash not recorded: %s: %s", type(exc).__name__, exc)
-            fingerprint = None
-        known = None
-        if store is not None and store.enabled and fingerprint is not None:
-            known = store.read_facts(fingerprint).get("torch_key")
+            store = _machine_store()
+            if store is not None and store.enabled:
+                known = store.read_facts(fingerprint).get("torch_key")
+        except Exception as exc:  # an unreadable tree, an unusable cache directory
+            log.debug("torch's source hash not read from a record: %s: %s", type(exc).__name__, exc)
+        if known is not None and not re.fullmatch(r"[0-9a-f]{64}", known):
+            known = None  # not a SHA-256 hex digest: damaged
         value = shim.torch_source_key(known)
         if store is not None and store.enabled and fingerprint is not None and value != known:
-            store.write_facts(fingerprint, {"torch_key": value})
+            try:
+                # recorded only if no file changed while torch hashed them
+                if shim.torch_source_fingerprint() == fingerprint:
+                    store.write_facts(fingerprint, {"torch_key": value})
+            except Exception as exc:
+                log.debug("torch's source hash not recorded: %s: %s", type(exc).__name__, exc)
         _torch_key.append(value)
         return value

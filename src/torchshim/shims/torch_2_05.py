@@ -15,9 +15,10 @@ from typing import Any
 from torchshim._patching import patch_attr, patch_environ
 from torchshim.shims._common import (
     config_patch_existing,
-    source_tree_fingerprint,
     stable_digest,
     stable_json,
+    torch_source_fingerprint,
+    torch_source_key,
 )
 from torchshim.shims._common import walk_module_file as _walk_module_file
 from torchshim.shims._no_program import (  # torch 2.10+ only (supports_dynamo_program)
@@ -487,31 +488,6 @@ def _portable_config(config: Any) -> dict[str, Any]:
         # torch 2.5: functorch's config has no _cache_config_ignore_prefix, so
         # save_config_portable() raises KeyError. Remove when: min torch >= 2.6
         return dict(config.get_config_copy())
-
-
-def torch_source_fingerprint() -> str:
-    # what torch_key reads, torch 2.5 - 2.15: torch's modules and two files of Inductor's
-    import torch
-
-    root = os.path.dirname(torch.__file__)
-    inductor = os.path.join(root, "_inductor")  # its path, without importing Inductor
-    extra = tuple(
-        os.path.join(inductor, f) for f in ("codegen/aoti_runtime/interface.cpp", "script.ld")
-    )
-    build = f"{torch.__version__}\0{torch.version.git_version}\0{root}\0"
-    return stable_digest([build, source_tree_fingerprint(root, extra)])
-
-
-def torch_source_key(known: str | None = None) -> str:
-    from torch._inductor.codecache import torch_key
-
-    # torch 2.8+ lets its cache of the source hash be filled from outside (torch_key.set);
-    # where the value is already computed, or on 2.5 - 2.7, torch computes it as it would
-    prime = getattr(torch_key, "set", None)
-    if known is not None and prime is not None:
-        with contextlib.suppress(AssertionError, RuntimeError, ValueError):
-            prime(bytes.fromhex(known))
-    return str(torch_key().hex())
 
 
 def hash_factors(torch_key_hex: str | None = None) -> dict[str, str]:

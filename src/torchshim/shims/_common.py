@@ -122,7 +122,9 @@ def torch_source_fingerprint() -> str:
     root = os.path.dirname(torch.__file__)
     inductor = os.path.join(root, "_inductor")  # its path, without importing Inductor
     extra = (os.path.join(inductor, "codegen", "aoti_runtime"), os.path.join(inductor, "script.ld"))
-    build = f"{torch.__version__}\0{torch.version.git_version}\0{root}\0"
+    from torchshim._version import installed_torch_version  # the one version oracle
+
+    build = f"{installed_torch_version()}\0{torch.version.git_version}\0{root}\0"
     return stable_digest([build, source_tree_fingerprint(root, extra)])
 
 

@@ -122,14 +122,15 @@ def test_check_names_the_factor_a_bundle_was_built_for_differently(
 
 
 def _other_series_python() -> Path | None:
-    """An interpreter of another torch series at hand: a sibling tox env of this checkout or of
-    the main checkout (CI builds every env; a developer may have some)."""
+    """An interpreter of another torch series at hand: a finished sibling tox env of this
+    checkout (CI builds every env, two at a time; a developer may have some). tox installs the
+    package last, so an env still being built (no torchshim in it yet) is passed over."""
     mine = f"torch{active().series.major}{active().series.minor}"
-    for tox in (ROOT / ".tox", Path("/work/main/.tox")):
-        for env in sorted(tox.glob("torch*")):
-            python = env / "bin" / "python"
-            if env.name != mine and python.exists():
-                return python
+    for env in sorted((ROOT / ".tox").glob("torch*")):
+        python = env / "bin" / "python"
+        finished = any(env.glob("lib/python3*/site-packages/torchshim-*.dist-info"))
+        if env.name != mine and python.exists() and finished:
+            return python
     return None
 
 

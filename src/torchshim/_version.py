@@ -22,6 +22,7 @@ __all__ = [
     "cuda_build",
     "installed_torch_version",
     "parse_series",
+    "torch_git_version",
     "torch_series",
 ]
 
@@ -80,6 +81,15 @@ def installed_torch_version() -> str:
     import torch
 
     return str(torch.__version__)
+
+
+@functools.cache
+def torch_git_version() -> str:
+    """The commit the installed torch was built from (``""`` where the build does not say): with
+    the version, what tells two builds apart in records keyed by the torch build."""
+    import torch
+
+    return str(getattr(torch.version, "git_version", "") or "")
 
 
 @functools.cache

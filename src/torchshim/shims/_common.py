@@ -122,9 +122,9 @@ def torch_source_fingerprint() -> str:
     root = os.path.dirname(torch.__file__)
     inductor = os.path.join(root, "_inductor")  # its path, without importing Inductor
     extra = (os.path.join(inductor, "codegen", "aoti_runtime"), os.path.join(inductor, "script.ld"))
-    from torchshim._version import installed_torch_version  # the one version oracle
+    from torchshim._version import installed_torch_version, torch_git_version  # the oracle
 
-    build = f"{installed_torch_version()}\0{torch.version.git_version}\0{root}\0"
+    build = f"{installed_torch_version()}\0{torch_git_version()}\0{root}\0"
     return stable_digest([build, source_tree_fingerprint(root, extra)])
 
 

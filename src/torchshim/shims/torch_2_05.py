@@ -521,10 +521,9 @@ def cpu_probe_fingerprint() -> str:
     import platform
     import sys
 
-    import torch
     from torch._inductor.cpp_builder import get_compiler_version_info, get_cpp_compiler
 
-    from torchshim._version import installed_torch_version
+    from torchshim._version import installed_torch_version, torch_git_version
 
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
@@ -541,7 +540,7 @@ def cpu_probe_fingerprint() -> str:
     return stable_json(
         {
             "torch": installed_torch_version(),
-            "git": getattr(torch.version, "git_version", ""),
+            "git": torch_git_version(),
             "python": sys.version,
             "platform": [sys.platform, platform.machine()],
             "cpu": stable_digest(cpu),

@@ -74,6 +74,8 @@ class BackendStats:
     #: graphs compiled by a compiler that stores artifacts (a warm start has none)
     compiled: int = 0
     loaded: int = 0
+    #: of those, graphs loaded without torch's loader (CPU, see shims/_direct.py)
+    direct_loads: int = 0
     #: graphs an adaptor that compiles nothing (eager) runs as traced
     eager: int = 0
     #: compiles that could not use the cache (another process held the lock too long)
@@ -114,6 +116,7 @@ class BackendStats:
             "graphs": self.graphs,
             "compiled": self.compiled,
             "loaded": self.loaded,
+            "direct_loads": self.direct_loads,
             "eager": self.eager,
             "uncached": self.uncached,
             "general_fallbacks": self.general_fallbacks,
@@ -384,6 +387,7 @@ class Backend:
         if handle is not None:
             try:
                 loading = time.perf_counter()
+                direct_before = getattr(adaptor, "direct_loads", 0)
                 try:
                     fn = adaptor.load(handle, gm, example_inputs, index, shape)
                 finally:
@@ -394,7 +398,11 @@ class Backend:
                 )
             else:
                 self.stats.loaded += 1
-                self._event(f"graph {index} ({label}): loaded")
+                how = ""
+                if getattr(adaptor, "direct_loads", 0) > direct_before:
+                    self.stats.direct_loads += 1
+                    how = " (direct)"
+                self._event(f"graph {index} ({label}): loaded{how}")
                 return fn
         elif adaptor.stores_artifacts:
             self._explain_miss(store, factors, shape, index, label)

@@ -38,6 +38,7 @@ __all__ = [
     "compile_sizes",
     "compiler_config",
     "cudagraphs",
+    "direct_load",
     "lock_timeout",
     "pad_batch",
     "parse_compile_sizes",
@@ -167,6 +168,12 @@ VARIABLES: dict[str, Variable] = {
             "a number of bytes >= 1024, e.g. 8388608",
             "files larger than this are stored in the remote tier in chunks of this size "
             "(default 8 MiB)",
+        ),
+        Variable(
+            "TORCHSHIM_DIRECT_LOAD",
+            "a switch: 1/true/yes/on or 0/false/no/off (default on)",
+            "load planned CPU graphs by running their generated module with their kernels opened "
+            "directly; off: always through torch's loader",
         ),
         Variable(
             "TORCHSHIM_ALLOW_UNTESTED",
@@ -330,6 +337,11 @@ def strict() -> bool:
     return parse_flag("TORCHSHIM_STRICT", _raw("TORCHSHIM_STRICT"))
 
 
+def direct_load() -> bool:
+    raw = _raw("TORCHSHIM_DIRECT_LOAD")
+    return True if raw.strip() == "" else parse_flag("TORCHSHIM_DIRECT_LOAD", raw)
+
+
 def allow_untested() -> bool:
     return parse_flag("TORCHSHIM_ALLOW_UNTESTED", _raw("TORCHSHIM_ALLOW_UNTESTED"))
 
@@ -385,6 +397,7 @@ def check_environment() -> None:
     lock_timeout()
     cache_shared()
     strict()
+    direct_load()
     allow_untested()
     remote()
     remote_timeout()

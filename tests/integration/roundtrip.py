@@ -245,6 +245,7 @@ def load_all(base: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[
             adaptor = adaptors[case.adaptor]
             res: dict[str, Any] = {"error": None}
             builds_before = len(counter.builds)
+            direct_before = getattr(adaptor, "direct_loads", 0)
             t = time.perf_counter()
             try:
                 raw = entry.get("handle")
@@ -274,6 +275,7 @@ def load_all(base: Path, manifest: dict[str, Any], device: str = "cpu") -> dict[
                 res["trace"] = traceback.format_exc()[-2000:]
             res["seconds"] = round(time.perf_counter() - t, 3)
             res["kernel_builds"] = counter.builds[builds_before:]
+            res["direct"] = getattr(adaptor, "direct_loads", 0) - direct_before
             results["cases"][case.name] = res
     for adaptor in adaptors.values():
         adaptor.close()

@@ -5,6 +5,7 @@ saved trace depends on, changed one at a time, is a miss with its log line and c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,10 @@ pytestmark = pytest.mark.compile
 
 HERE = Path(__file__).parent
 SAVES_TRACES = "supports_dynamo_program" in capabilities()
+#: CPU graphs load without torch's loader (the warm child runs on TORCHSHIM_TEST_DEVICE)
+DIRECT = "supports_direct_cpu_load" in capabilities() and (
+    os.environ.get("TORCHSHIM_TEST_DEVICE", "cpu") == "cpu"
+)
 
 MODEL = """
 import torch
@@ -102,7 +107,12 @@ def test_a_warm_process_traces_and_compiles_nothing(
         assert cold["traces_saved"] == 2  # the symbolic batch and batch 1
         assert result["trace_loaded"] and result["frames"] == 0, result
         assert "a call the saved trace does not cover" in log, log[-3000:]
-    else:  # traced as torch.compile does: the same two frames, no compile
+    if DIRECT and SAVES_TRACES:
+        # every graph loaded by running its module with its kernels opened: Inductor's
+        # compiler (about 1 s of imports) never imported in the warm process
+        assert result["direct_loads"] == result["loaded"], result
+        assert not result["compiler_imported"], result
+    if not SAVES_TRACES:  # traced as torch.compile does: the same two frames, no compile
         assert not result["trace_loaded"] and result["frames"] == cold["frames"]
 
 

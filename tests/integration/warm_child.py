@@ -52,6 +52,8 @@ def main() -> None:
             same &= bool(torch.allclose(fast(x), model(x), atol=tol, rtol=tol))
     stats = fast.backend.stats.as_dict()
     counters = active().module.compile_counters()
+    # whether anything so far imported Inductor's compiler (a direct load does not)
+    compiler_imported = "torch._inductor.compile_fx" in sys.modules
     # a call the saved guards refuse (another sequence length) runs through a Dynamo trace
     with torch.no_grad():
         x = torch.randn(2, args.seq + 1, args.dim, dtype=dtype, device=device)
@@ -68,6 +70,8 @@ def main() -> None:
                 "frames": counters.get("stats.unique_graphs", 0),
                 "compiled": stats["compiled"],
                 "loaded": stats["loaded"],
+                "direct_loads": stats["direct_loads"],
+                "compiler_imported": compiler_imported,
                 "trace_loaded": stats["trace_loaded"],
                 "traces_saved": stats["traces_saved"],
                 "same": same,

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from torchshim import config
 from torchshim.adaptors.base import CompiledCallable
 from torchshim.adaptors.handles import Handle, RuntimeShape, StandaloneHandle
 from torchshim.adaptors.stored import StoredCompiler
 from torchshim.errors import AdaptorConfigError, ArtifactUnreadableError
-from torchshim.shims import active, require_capability
+from torchshim.shims import active, capabilities, require_capability
 
 __all__ = ["ARTIFACT_FORMATS", "InductorStandaloneAdaptor"]
 
@@ -80,6 +81,8 @@ class InductorStandaloneAdaptor(StoredCompiler):
                 f"artifact_format must be one of {ARTIFACT_FORMATS}, got {artifact_format!r}"
             )
         self.artifact_format = artifact_format
+        #: graphs this adaptor loaded without torch's loader (see shims/_direct.py)
+        self.direct_loads = 0
 
     def _trivial(self, handle: Any) -> bool:
         return bool(handle.artifact_format == NOTHING_COMPILED)
@@ -138,6 +141,8 @@ class InductorStandaloneAdaptor(StoredCompiler):
                     # On CPU the artifact does not carry the compiled kernels: one load here
                     # builds them inside the artifact directory, so later loads compile nothing.
                     shim.load_compiled_artifact(str(path), self.artifact_format)
+                else:
+                    self._plan_direct_load(graph, workdir)
         except Exception as exc:
             if not hashed:
                 # Inductor hashed no graph: nothing was compiled (a graph of views and sizes),
@@ -152,6 +157,40 @@ class InductorStandaloneAdaptor(StoredCompiler):
             "guards": isolated.guards,
         }
 
+    def _plan_direct_load(self, graph: Any, workdir: Path) -> None:
+        """Plan a load that skips torch's loader (see shims/_direct.py); never fails a compile."""
+        if "supports_direct_cpu_load" not in capabilities():
+            return
+        try:
+            why_not = active().module.plan_direct_load(str(workdir), graph)
+        except Exception as exc:  # a planning bug costs the fast load, never the compile
+            why_not = f"{type(exc).__name__}: {exc}"
+        if why_not is not None:
+            log.debug("graph loads through torch's loader: %s", why_not)
+
+    def _direct_load(self, handle: Any, workdir: Path, index: int) -> CompiledCallable | None:
+        if (
+            handle.artifact_format != "binary"
+            or "supports_direct_cpu_load" not in capabilities()
+            or not (workdir / "direct" / "plan.json").is_file()
+            or not config.direct_load()
+        ):
+            return None
+        try:
+            loaded = active().module.direct_load(str(workdir))
+        except Exception as exc:
+            log.warning(
+                "cache entry %s (graph %d): the direct load failed (%s: %s); loading through "
+                "torch's loader",
+                handle.entry,
+                index,
+                type(exc).__name__,
+                exc,
+            )
+            return None
+        self.direct_loads += 1
+        return loaded
+
     def _load(
         self, handle: Any, workdir: Path, graph: Any, example_inputs: Sequence[Any], index: int
     ) -> CompiledCallable:
@@ -160,6 +199,9 @@ class InductorStandaloneAdaptor(StoredCompiler):
                 f"unknown artifact format {handle.artifact_format!r}; recompile"
             )
         shim = active().module
+        direct = self._direct_load(handle, workdir, index)
+        if direct is not None:
+            return wrap_artifact(direct, shim.graph_returns_tuple(graph))
         path = workdir / handle.path
         try:
             with shim.private_kernel_cache(str(workdir)):

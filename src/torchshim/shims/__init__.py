@@ -69,6 +69,10 @@ CAPABILITY_NAMES: dict[str, str] = {
     "supports_standalone_binary_format": "CompiledArtifact.save/load with format='binary'",
     "supports_standalone_unpacked_format": "CompiledArtifact.save/load with format='unpacked'",
     "supports_standalone_from_graph": "standalone_compile(dynamic_shapes='from_graph') on any graph",
+    "supports_direct_cpu_load": (
+        "load a standalone CPU graph by running its generated module with its kernels opened "
+        "directly (no compiler import, no per-kernel hashing)"
+    ),
     "supports_dynamo_program": "save Dynamo's output and run it in a warm process without tracing",
     "supports_program_real_models": (
         "save and load Dynamo's output of third-party models in any process (GPT-2 from "

@@ -240,6 +240,16 @@ class ShimModule(Protocol):
         """``CompiledArtifact.load(path=, format=)``."""
         ...
 
+    def plan_direct_load(self, workdir: str, graph: Any) -> str | None:
+        """After a standalone CPU compile of ``graph`` into ``workdir``: write the plan for :meth:`direct_load`
+        and return ``None``, or return why the graph must load through torch's loader."""
+        ...
+
+    def direct_load(self, workdir: str) -> Callable[..., list[Any]]:
+        """The graph planned in ``workdir``, with no compiler import (raises on anything
+        unexpected: the caller falls back to :meth:`load_compiled_artifact`)."""
+        ...
+
     # --- factors, counters, warm-up -----------------------------------------------------------
     def hash_factors(self, torch_key_hex: str | None = None) -> dict[str, str]:
         """The compiler's cache-key factors: system, torch key (``torch_key_hex`` where the caller

@@ -21,6 +21,7 @@ from torchshim.shims._common import (
     torch_source_key,
 )
 from torchshim.shims._common import walk_module_file as _walk_module_file
+from torchshim.shims._direct import direct_load, plan_direct_load  # 2.8+: supports_direct_cpu_load
 from torchshim.shims._no_program import (  # torch 2.10+ only (supports_dynamo_program)
     capture_program,
     graph_from_bytes,
@@ -61,6 +62,7 @@ __all__ = [
     "cpu_probe_results",
     "cuda_graph_pool",
     "describe_graph_inputs",
+    "direct_load",
     "dynamo_control_flow",
     "force_autograd_cacheable",
     "force_cacheable",
@@ -78,6 +80,7 @@ __all__ = [
     "lookup_fx_graph",
     "mark_dynamic",
     "metrics_context",
+    "plan_direct_load",
     "private_kernel_cache",
     "program_call",
     "program_guard",
@@ -340,9 +343,23 @@ def lookup_fx_graph(
 
 
 def graph_returns_tuple(graph: Any) -> bool:
-    from torch._inductor.compile_fx import graph_returns_tuple as _returns_tuple
+    # compile_fx.graph_returns_tuple (identical in torch 2.5 - 2.15), written here with the public
+    # FX API: importing compile_fx costs a warm process about 0.7 s of Inductor's compiler
+    import torch
 
-    return bool(_returns_tuple(graph))
+    if not isinstance(graph, torch.fx.GraphModule):
+        return True
+    last = next(iter(reversed(graph.graph.nodes)))
+    (result,) = last.args
+    if isinstance(result, (list, tuple)):
+        return True
+    schema = getattr(getattr(result, "target", None), "_schema", None)
+    return (
+        isinstance(result, torch.fx.Node)
+        and schema is not None
+        and len(schema.returns) > 1
+        and all(str(r.type) == "Tensor" for r in schema.returns)
+    )
 
 
 def artifact_config() -> dict[str, Any]:

@@ -24,6 +24,7 @@ CAPABILITIES: frozenset[str] = _base.CAPABILITIES | {
     "supports_standalone_compile",
     "supports_standalone_binary_format",
     "supports_standalone_unpacked_format",
+    "supports_direct_cpu_load",
 }
 
 PATCH_TARGETS: tuple[str, ...] = (

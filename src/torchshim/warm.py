@@ -284,13 +284,10 @@ class CompiledModel:
     """What ``torchshim.compile`` returns."""
 
     def __init__(self, model: Callable[..., Any], chosen: Backend) -> None:
-        import torch
-
         self.model = model
         self.backend = chosen
         self.batch_dim = chosen.options.batch_dim
-        self.traced = torch.compile(model, backend=chosen)
-        self.__wrapped__ = self.traced
+        self._traced: Any = None
         self.programs: list[Program] | None = None
         #: the saved programs by the batch size they serve (``None``: the symbolic batch)
         self._by_size: dict[int | None, Any] = {}
@@ -299,7 +296,24 @@ class CompiledModel:
         self.state: dict[str, Any] | None = None
         self._first = True
         self._lock = threading.Lock()
+        self._traced_lock = threading.Lock()
         self._refused = False
+
+    @property
+    def traced(self) -> Any:
+        """``torch.compile(model, backend=...)``, made at its first use: a warm process that runs
+        the saved trace never needs it, and making it imports Dynamo's debugging backends
+        (``torch._dynamo.repro``: about 0.4 s here)."""
+        with self._traced_lock:
+            if self._traced is None:
+                import torch
+
+                self._traced = torch.compile(self.model, backend=self.backend)
+            return self._traced
+
+    @property
+    def __wrapped__(self) -> Any:
+        return self.traced
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:

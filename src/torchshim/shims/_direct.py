@@ -16,8 +16,8 @@ effect tokens, no constants lifted into the module, and only C++ kernels. The pl
 generated module with its imports of Inductor's compiler replaced by three small stand-ins
 (``extern_kernels`` resolved to the ``torch`` functions it names, ``AsyncCompile`` opening the
 kernels listed in the plan in call order, and ``align`` from ``torch._inductor.utils``, where
-``memory_planning`` takes it from), the kernels' shared objects (found by
-their C++ source), and what the wrapper does after the call (output count, dynamic dimensions
+``memory_planning`` takes it from), the kernels' shared objects (found by their C++ source),
+and what the wrapper does after the call (output count, dynamic dimensions
 propagated to Dynamo, inputs whose alignment Inductor assumed). Anything else: no plan, and the
 graph loads through torch's loader as before; the reason is returned.
 
@@ -36,7 +36,6 @@ import contextlib
 import importlib.machinery
 import importlib.util
 import json
-import logging
 import os
 import pickle
 import re
@@ -44,8 +43,6 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger("torchshim.shims")
 
 PLAN_DIR = "direct"
 PLAN_FILE = "direct/plan.json"

@@ -302,14 +302,17 @@ class CompiledModel:
     @property
     def traced(self) -> Any:
         """``torch.compile(model, backend=...)``, made at its first use: a warm process that runs
-        the saved trace never needs it, and making it imports Dynamo's debugging backends
-        (``torch._dynamo.repro``: about 0.4 s here)."""
-        with self._traced_lock:
-            if self._traced is None:
-                import torch
+        the saved trace never needs it, and making it imports Dynamo's debugging backends (about
+        0.4 s here)."""
+        traced = self._traced
+        if traced is None:  # the lock only until it exists: refused calls go through here
+            with self._traced_lock:
+                if self._traced is None:
+                    import torch
 
-                self._traced = torch.compile(self.model, backend=self.backend)
-            return self._traced
+                    self._traced = torch.compile(self.model, backend=self.backend)
+                traced = self._traced
+        return traced
 
     @property
     def __wrapped__(self) -> Any:

@@ -32,17 +32,17 @@ inference runtime wrapper have this shape; the tests compare every output with t
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib.machinery
 import importlib.util
 import json
-import os
 import pickle
 import re
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from torchshim._patching import patch_environ
 
 PLAN_DIR = "direct"
 PLAN_FILE = "direct/plan.json"
@@ -248,14 +248,14 @@ def plan_direct_load(workdir: str, graph: Any) -> str | None:
         fx = _one(sorted(root.glob("fxgraph/*/*/*")), "FX graph cache")
         try:
             entry = pickle.loads(autograd.read_bytes())
-            graph = pickle.loads(fx.read_bytes())
+            compiled = pickle.loads(fx.read_bytes())
         except Exception as exc:
             raise _NotPlannable(f"the cache entries do not unpickle: {exc!r}") from exc
         info = getattr(getattr(entry, "compiled_fw", None), "fx_graph_cache_info", None)
-        key = getattr(graph, "_fx_graph_cache_key", None)
+        key = getattr(compiled, "_fx_graph_cache_key", None)
         _require(not info or not key or info[0] == key, "the entries are of different graphs")
         wrapper = _check_autograd_entry(entry)
-        fx_info = _check_fx_entry(graph)
+        fx_info = _check_fx_entry(compiled)
         rewritten = _rewrite(fx_info["source"])
         externs = _extern_names(rewritten)
         _check_align()
@@ -328,20 +328,6 @@ def _dynamic_marker() -> Callable[[Any, set[int]], None]:
     return weak
 
 
-@contextlib.contextmanager
-def _grad_off() -> Iterator[None]:
-    import torch
-
-    enabled = torch.is_grad_enabled()
-    if enabled:
-        torch._C._set_grad_enabled(False)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch._C._set_grad_enabled(True)
-
-
 def direct_load(workdir: str) -> Callable[..., list[Any]]:
     """The graph planned in ``workdir``, callable as torch's artifact is (``fn(*args)`` → list of
     outputs). Raises on anything unexpected; the caller then loads through torch's loader."""
@@ -353,9 +339,9 @@ def direct_load(workdir: str) -> Callable[..., list[Any]]:
     if plan.get("version") != PLAN_VERSION:
         raise ValueError(f"plan version {plan.get('version')!r}, expected {PLAN_VERSION}")
     files = [base / p for p in plan["kernels"]]
+    # each kernel's PyInit reads the address of torch's tensor-data accessor from the environment
     data_ptr = getattr(torch._C._dynamo.guards, "_torchinductor_pyobject_tensor_data_ptr", None)
-    if data_ptr is not None:
-        os.environ[_ENV_DATA_PTR] = str(data_ptr)
+    environ = {_ENV_DATA_PTR: str(data_ptr)} if data_ptr is not None else {}
     opener = _KernelOpener(files, base.name.replace("-", "_")[:40])
     scope: dict[str, Any] = {
         "__name__": f"torchshim_direct_{base.name}",
@@ -364,7 +350,8 @@ def direct_load(workdir: str) -> Callable[..., list[Any]]:
     # The generated module of a verified entry (checksummed, and signed where a key is set), as
     # torch's loader would import it from the same entry.
     source = (base / MODULE_FILE).read_text()
-    exec(compile(source, str(base / MODULE_FILE), "exec"), scope)  # noqa: S102
+    with patch_environ(environ):  # the kernels open while the module runs
+        exec(compile(source, str(base / MODULE_FILE), "exec"), scope)  # noqa: S102
     if opener.opened != len(files):
         raise ValueError(f"the module opened {opener.opened} of the plan's {len(files)} kernels")
     call = scope["call"]
@@ -373,9 +360,9 @@ def direct_load(workdir: str) -> Callable[..., list[Any]]:
     dims = plan["dynamic_dims"]
     marks = [(i, set(d)) for i, d in enumerate(dims) if d is not None] if dims else []
     mark = _dynamic_marker() if marks else None
-    no_autocast: Any = (
-        torch._C._DisableAutocast if torch._C._is_any_autocast_enabled() else contextlib.nullcontext
-    )
+    # as AOTAutograd's wrapper: autocast off inside if it was on at load, grad off for the call
+    no_autocast = torch._C._is_any_autocast_enabled()
+    set_grad = torch._C._set_grad_enabled
 
     def run(*args: Any) -> list[Any]:
         boxed = list(args)
@@ -383,8 +370,18 @@ def direct_load(workdir: str) -> Callable[..., list[Any]]:
             item = boxed[i]
             if isinstance(item, torch.Tensor) and item.data_ptr() % ALIGNMENT:
                 boxed[i] = clone_preserve_strides(item)
-        with _grad_off(), no_autocast():
-            result = call(boxed)
+        grad = torch.is_grad_enabled()
+        if grad:
+            set_grad(False)
+        try:
+            if no_autocast:
+                with torch._C._DisableAutocast():
+                    result = call(boxed)
+            else:
+                result = call(boxed)
+        finally:
+            if grad:
+                set_grad(True)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
         if len(outs) != outputs:
             raise AssertionError(f"expected {outputs} outputs, got {len(outs)}")

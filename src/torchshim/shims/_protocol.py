@@ -241,8 +241,9 @@ class ShimModule(Protocol):
         ...
 
     def plan_direct_load(self, workdir: str, graph: Any) -> str | None:
-        """After a standalone CPU compile of ``graph`` into ``workdir``: write the plan for :meth:`direct_load`
-        and return ``None``, or return why the graph must load through torch's loader."""
+        """After a standalone CPU compile of ``graph`` into ``workdir``: write the plan for
+        :meth:`direct_load` and return ``None``, or return why the graph must load through
+        torch's loader."""
         ...
 
     def direct_load(self, workdir: str) -> Callable[..., list[Any]]:

@@ -4,7 +4,8 @@ backend, on models from third-party packages (random weights, nothing downloaded
 For every graph Dynamo hands the backend, the engine compiles the general graph and one graph per
 served batch size (``compile`` mode, process A) or loads them all from its index (``load`` mode,
 process B), and returns a dispatcher: a served batch size runs its own artifact, any other the
-general one. Process B runs this file as a script: ``python engine.py load BASE INDEX OUT``.
+general one. Process B runs this file as a script: ``python engine.py load BASE INDEX OUT
+[SPEC]`` (SPEC: a JSON file naming the cases and sizes, when not the default ones).
 """
 
 from __future__ import annotations
@@ -105,8 +106,14 @@ def graph_key(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> str:
 class Engine:
     """The backend an engine would write. ``index`` maps graph key -> shape label -> handle."""
 
-    def __init__(self, adaptor: Any, mode: str, index: dict[str, dict[str, str | None]]) -> None:
-        self.adaptor, self.mode, self.index = adaptor, mode, index
+    def __init__(
+        self,
+        adaptor: Any,
+        mode: str,
+        index: dict[str, dict[str, str | None]],
+        sizes: tuple[int, ...] = SIZES,
+    ) -> None:
+        self.adaptor, self.mode, self.index, self.sizes = adaptor, mode, index, sizes
         self.calls = 0
         self.restarts = 0  # backend calls that ended in Dynamo's request to re-trace
         self.graphs: list[str] = []
@@ -126,7 +133,7 @@ class Engine:
         key = graph_key(gm, example_inputs)
         entries = dict(self.index.get(key, {}))
         variants: dict[int | None, Any] = {}
-        for shape in (None, *SIZES):
+        for shape in (None, *self.sizes):
             label = "general" if shape is None else str(shape)
             recorded = entries.get(label) if self.mode == "load" else None
             if recorded == GENERAL:  # this size could not be specialised: the general one serves
@@ -175,7 +182,28 @@ def capture(on: bool) -> Iterator[None]:
         yield
 
 
-def baseline_calls(model_name: str) -> list[int]:
+#: how Dynamo is told the batch varies: "mark" (mark_dynamic on the batch dimension, as engines
+#: do) or "dynamic" (torch.compile(..., dynamic=True): every size symbolic, ints too)
+MARKINGS = ("mark", "dynamic")
+
+
+def case_name(adaptor: str, model: str, marking: str = "mark") -> str:
+    return f"{adaptor}/{model}" + ("" if marking == "mark" else f"+{marking}")
+
+
+def compiled_model(model: torch.nn.Module, backend: Any, marking: str) -> Any:
+    torch.compiler.reset()
+    return torch.compile(model, backend=backend, dynamic=True if marking == "dynamic" else None)
+
+
+def batch_tokens(batch: int, marking: str) -> torch.Tensor:
+    ids = tokens(batch)
+    if marking == "mark":  # the batch is the one dynamic dimension, as engines mark it
+        torch._dynamo.mark_dynamic(ids, 0)
+    return ids
+
+
+def baseline_calls(model_name: str, marking: str = "mark") -> list[int]:
     """How many graphs Dynamo hands a do-nothing backend after each batch: its own re-traces
     (graph breaks make inner frames see the batch as static first, and re-trace when it
     changes), which torchshim's engine must not add to."""
@@ -186,15 +214,11 @@ def baseline_calls(model_name: str) -> list[int]:
         calls += 1
         return gm.forward
 
-    model = build(model_name)
-    torch.compiler.reset()
-    compiled = torch.compile(model, backend=count)
+    compiled = compiled_model(build(model_name), count, marking)
     after = []
     with torch.no_grad(), capture(CAPTURE[model_name]):
         for batch in BATCHES:
-            ids = tokens(batch)
-            torch._dynamo.mark_dynamic(ids, 0)
-            compiled(ids)
+            compiled(batch_tokens(batch, marking))
             after.append(calls)
     return after
 
@@ -213,27 +237,32 @@ def cases() -> list[tuple[str, str]]:
     return pairs
 
 
-def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
-    """Every adaptor x model in one process; returns what happened, for the tests to judge."""
+def run(
+    base: Path,
+    mode: str,
+    index: dict[str, Any],
+    spec: list[tuple[str, str, str]] | None = None,
+    sizes: tuple[int, ...] = SIZES,
+) -> dict[str, Any]:
+    """Every (adaptor, model, marking) of ``spec`` (default: :func:`cases`, batch marked) in one
+    process; returns what happened, for the tests to judge."""
+    wanted = spec if spec is not None else [(a, m, "mark") for a, m in cases()]
     results: dict[str, Any] = {}
-    baselines = {name: baseline_calls(name) for name in {m for _, m in cases()}}
-    for adaptor_name in adaptors():
+    baselines = {(m, k): baseline_calls(m, k) for _, m, k in wanted}
+    for adaptor_name in dict.fromkeys(a for a, _, _ in wanted):
         with make_adaptor(adaptor_name) as adaptor:
             adaptor.initialize_cache(base / adaptor_name, prefix=adaptor_name)
-            for model_name in [m for a, m in cases() if a == adaptor_name]:
-                name = f"{adaptor_name}/{model_name}"
+            for _, model_name, marking in [c for c in wanted if c[0] == adaptor_name]:
+                name = case_name(adaptor_name, model_name, marking)
                 entry: dict[str, Any] = {"error": None, "max_err": {}}
-                engine = Engine(adaptor, mode, index.setdefault(name, {}))
+                engine = Engine(adaptor, mode, index.setdefault(name, {}), sizes)
                 t0 = time.perf_counter()
                 try:
                     model = build(model_name)
-                    torch.compiler.reset()
-                    compiled = torch.compile(model, backend=engine.backend)
+                    compiled = compiled_model(model, engine.backend, marking)
                     with torch.no_grad(), capture(CAPTURE[model_name]):
                         for batch in BATCHES:
-                            ids = tokens(batch)
-                            # the batch is the one dynamic dimension, as engines mark it
-                            torch._dynamo.mark_dynamic(ids, 0)
+                            ids = batch_tokens(batch, marking)
                             got, want = logits(compiled(ids)), logits(model(ids))
                             entry["max_err"][str(batch)] = float((got - want).abs().max())
                             entry.setdefault("calls_after", []).append(engine.calls)
@@ -242,7 +271,7 @@ def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:3000]
                     entry["trace"] = traceback.format_exc()[-3000:]
                 entry.update(
-                    baseline_calls_after=baselines[model_name],
+                    baseline_calls_after=baselines[(model_name, marking)],
                     seconds=round(time.perf_counter() - t0, 2),
                     backend_calls=engine.calls,
                     restarts=engine.restarts,
@@ -254,7 +283,12 @@ def run(base: Path, mode: str, index: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def load_process(base: Path, index: dict[str, Any]) -> dict[str, Any]:
+def load_process(
+    base: Path,
+    index: dict[str, Any],
+    spec: list[tuple[str, str, str]] | None = None,
+    sizes: tuple[int, ...] = SIZES,
+) -> dict[str, Any]:
     """Process B: load everything, counting compiles of every kind."""
     shim = torchshim.shims.active().module
     torchshim.warm_up()  # the one-time CPU ISA probe (builds test programs where not recorded)
@@ -262,7 +296,7 @@ def load_process(base: Path, index: dict[str, Any]) -> dict[str, Any]:
     triton_before = _files(base / "triton")
     counter = CompilerProcessCounter()
     with counter.watching():
-        results = run(base, "load", index)
+        results = run(base, "load", index, spec, sizes)
     after = shim.compile_counters()
     return {
         "models": results,
@@ -272,12 +306,44 @@ def load_process(base: Path, index: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_ran(entry: dict[str, Any], tolerance: float) -> None:
+    """A case of :func:`run` ran without error, every batch within ``tolerance`` of eager, and
+    no batch made Dynamo re-trace more than it does for a do-nothing backend (the only extra
+    backend calls are those asking Dynamo to specialise Python floats)."""
+    assert entry["error"] is None, entry.get("trace") or entry["error"]
+    assert set(entry["max_err"]) == {str(b) for b in BATCHES}
+    assert max(entry["max_err"].values()) <= tolerance, entry["max_err"]
+    calls = [c - r for c, r in zip(entry["calls_after"], entry["restarts_after"], strict=True)]
+    pairs = zip(calls, entry["baseline_calls_after"], strict=True)
+    assert all(ours <= theirs for ours, theirs in pairs), entry
+
+
+def compiled_anything(loaded: dict[str, Any]) -> dict[str, Any]:
+    """What a loading process (:func:`load_process`'s result) compiled: kernel builds, new Triton
+    files, FX-graph-cache misses or bypasses; empty when it compiled nothing."""
+    found = {
+        k: v
+        for k, v in loaded["counters"].items()
+        if v and k in ("inductor.fxgraph_cache_miss", "inductor.fxgraph_cache_bypass")
+    }
+    if loaded["kernel_builds"]:
+        found["kernel_builds"] = loaded["kernel_builds"]
+    if loaded["new_triton_files"]:
+        found["new_triton_files"] = loaded["new_triton_files"]
+    return found
+
+
 def main(argv: list[str]) -> int:
     mode, base, index_path, out_path = argv[1], Path(argv[2]), Path(argv[3]), Path(argv[4])
     if mode != "load":
         raise SystemExit(f"unknown mode {mode!r}")
     index = json.loads(index_path.read_text())
-    out_path.write_text(json.dumps(load_process(base, index), indent=1))
+    spec, sizes = None, SIZES
+    if len(argv) > 5:  # the cases and served sizes process A ran, when not the default ones
+        wanted = json.loads(Path(argv[5]).read_text())
+        spec = [tuple(case) for case in wanted["spec"]]
+        sizes = tuple(wanted["sizes"])
+    out_path.write_text(json.dumps(load_process(base, index, spec, sizes), indent=1))
     return 0
 
 

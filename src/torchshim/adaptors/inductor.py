@@ -123,10 +123,47 @@ class InductorAdaptor(StoredCompiler):
         for path in capture.module_paths:
             with contextlib.suppress(ValueError):
                 module_path = Path(path).absolute().relative_to(workdir.absolute()).as_posix()
+        if keys[0] is None:
+            # a load runs such a graph as it is; so does the compiling process (AOTAutograd's
+            # wrapper would mark its outputs' sizes dynamic for Dynamo, a load's would not)
+            compiled = graph
+        else:
+            compiled = self._as_loaded(keys[0], workdir, graph, example_inputs, compiled)
         return compiled, {"key": keys[0], "module_path": module_path, "guards": isolated.guards}
 
-    def _load(
-        self, handle: Any, workdir: Path, graph: Any, example_inputs: Sequence[Any], index: int
+    def _as_loaded(
+        self,
+        key: str,
+        workdir: Path,
+        graph: Any,
+        example_inputs: Sequence[Any],
+        compiled: CompiledCallable,
+    ) -> CompiledCallable:
+        """The callable a load of ``key`` gives, for the compiling process to run too. A load
+        gets Inductor's graph without AOTAutograd's runtime wrapper around it, which marks the
+        outputs' symbolic sizes dynamic for Dynamo (and regenerates outputs aliasing an input).
+        Dynamo traces the frame after a graph break from those outputs, so the next graph it
+        hands the backend could differ between a compiling and a loading process (it did on
+        2.8), and the loading process would find no artifact for it."""
+        try:
+            found = self._lookup(key, workdir, graph, example_inputs, -1, workdir.name)
+        except TorchShimError as exc:  # the entry was just written: this is not expected
+            log.warning(
+                "%s: the graph just compiled does not load (%s); running it as compiled",
+                self.name,
+                exc,
+            )
+            return compiled
+        return found
+
+    def _lookup(
+        self,
+        key: str,
+        workdir: Path,
+        graph: Any,
+        example_inputs: Sequence[Any],
+        index: int,
+        entry: str,
     ) -> CompiledCallable:
         shim = active().module
         try:
@@ -137,18 +174,22 @@ class InductorAdaptor(StoredCompiler):
                 shim.shape_env_stand_in(),
                 shim.remote_caches_off(),
             ):
-                found = shim.lookup_fx_graph(handle.key, example_inputs, graph)
+                found = shim.lookup_fx_graph(key, example_inputs, graph)
         except TorchShimError:
             raise
         except Exception as exc:
             raise ArtifactUnreadableError(
-                f"FX graph cache entry {handle.key} (graph {index}) could not be loaded: "
+                f"FX graph cache entry {key} (graph {index}) could not be loaded: "
                 f"{type(exc).__name__}: {exc}. Treat it as a miss and recompile."
             ) from exc
         if found is None:
             raise ArtifactMissingError(
-                f"FX graph cache entry {handle.key} (graph {index}) is not in cache entry "
-                f"{handle.entry} (it belongs to another torch build). Treat it as a miss and "
-                "recompile."
+                f"FX graph cache entry {key} (graph {index}) is not in cache entry {entry} "
+                "(it belongs to another torch build). Treat it as a miss and recompile."
             )
         return wrap_boxed(found, shim.graph_returns_tuple(graph))
+
+    def _load(
+        self, handle: Any, workdir: Path, graph: Any, example_inputs: Sequence[Any], index: int
+    ) -> CompiledCallable:
+        return self._lookup(handle.key, workdir, graph, example_inputs, index, handle.entry)

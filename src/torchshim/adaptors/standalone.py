@@ -147,8 +147,11 @@ class InductorStandaloneAdaptor(StoredCompiler):
             if not hashed:
                 # Inductor hashed no graph: nothing was compiled (a graph of views and sizes),
                 # so there is nothing to save, and the graph runs as it is.
+                # A load runs it as it is, and so does this process: the artifact's AOTAutograd
+                # wrapper would mark its outputs' sizes dynamic for Dynamo, which a load does not
+                # (the next frame's graph would then differ between the two processes).
                 fields = {"path": "", "artifact_format": NOTHING_COMPILED}
-                return compiled, {**fields, "guards": isolated.guards}
+                return graph, {**fields, "guards": isolated.guards}
             log.warning("could not save the standalone artifact: %s", exc)
             return compiled, None
         return compiled, {

@@ -353,6 +353,47 @@ def _implied_by_ranges(expr: Any, ranged: Mapping[Any, tuple[int, int]]) -> bool
         return False
 
 
+def _pinned_symbols(shape_env: Any) -> dict[Any, Any]:
+    """Symbols Dynamo's guards pin to one integer without making it a replacement (on 2.8 GPT-2's
+    logits frame guards ``Eq(64*s1, 64*s1 + 64*s2)``, which is ``s2 == 0``)."""
+    import sympy
+
+    pinned: dict[Any, Any] = {}
+    for guard in shape_env.guards:
+        expr = guard.expr
+        if not isinstance(expr, sympy.Eq):
+            continue
+        diff = sympy.expand(expr.lhs - expr.rhs)
+        if len(diff.free_symbols) != 1:
+            continue
+        (sym,) = diff.free_symbols
+        poly = diff.as_poly(sym)
+        if poly is None or poly.degree() != 1:
+            continue
+        slope, offset = poly.all_coeffs()
+        value = sympy.simplify(-offset / slope)
+        if value.is_Integer:
+            pinned[sym] = value
+    return pinned
+
+
+def _known_to(shape_env: Any, expr: Any, pinned: Mapping[Any, Any] | None = None) -> bool:
+    """Whether Dynamo's environment already proves ``expr`` from what it guards on and the
+    symbols' ranges (``ShapeEnv._maybe_evaluate_static``, torch 2.5 - 2.15), so a compile that
+    assumed it assumed nothing new: on 2.8, with GPT-2's ``logits_to_keep`` pinned to 0 by
+    Dynamo's guard, Inductor's ``192*s1 + 192*s2 >= 2`` for batch 3 follows from ``s1 >= 2``.
+    ``pinned``: :func:`_pinned_symbols` of the environment, when already known."""
+    if shape_env is None or not expr.free_symbols:
+        return False
+    try:
+        if pinned is None:
+            pinned = _pinned_symbols(shape_env)
+        known = shape_env._maybe_evaluate_static(expr.xreplace(pinned))
+    except Exception:  # a guard it cannot reason about is simply not known
+        return False
+    return known is not None and bool(known.is_Boolean) and bool(known)
+
+
 @contextlib.contextmanager
 def isolated_inputs(
     graph: Any,
@@ -445,6 +486,9 @@ def isolated_inputs(
     # guard on a bounded symbol alone that holds across its whole range says nothing new
     learnt = [shape_env.replace(g.expr).xreplace(bound) for g in shape_env.guards[known:]]
     learnt = [expr for expr in learnt if not _implied_by_ranges(expr, ranged)]
+    if learnt and old_env is not None:  # and none that Dynamo's own guards already prove
+        pinned = _pinned_symbols(old_env)
+        learnt = [expr for expr in learnt if not _known_to(old_env, expr, pinned)]
     isolated.guards = list(
         dict.fromkeys(
             json.dumps(_encode(expr, positions), separators=(",", ":"))

@@ -89,12 +89,9 @@ def test_a_loading_process_traces_the_graphs_the_compiling_one_stored(
             assert any(run.endswith(":2") for run in loaded["ran"]), loaded["ran"]
 
 
-@pytest.mark.xfail(
-    engine.DEVICE != "cpu",
-    strict=True,
-    reason="H200, torch 2.11: one Triton kernel of GPT-2's graph under dynamic=True is not in "
-    "the standalone artifact, and the loading process compiles it (matrix/GPU.md)",
-)
 def test_the_loading_process_compiled_nothing(identity_run: dict[str, Any]) -> None:
+    """On a GPU this includes the Triton kernels torch cannot launch directly from the artifact:
+    the loading process compiles them from source and finds them in the entry's Triton cache only
+    if it hashes them as the compiling process did (the ptxas version, shims/_common.py)."""
     loaded = identity_run["loaded"]
     assert engine.compiled_anything(loaded) == {}

@@ -116,6 +116,27 @@ def test_prefix_sets_the_shared_base_and_close_restores_environment(tmp_path: Pa
     assert after == before
 
 
+@pytest.mark.parametrize("preset", [None, "/opt/cuda/bin/ptxas"])
+def test_triton_is_pointed_at_torchs_ptxas_while_the_cache_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str | None
+) -> None:
+    """A compiling and a loading process must hash Triton kernels with the same ptxas version:
+    torch's own ptxas where torch ships one (CUDA wheels), from before any code generation; a
+    user's choice is kept; closing the adaptor restores the environment."""
+    if preset is None:
+        monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_PTXAS_PATH", preset)
+    shipped = Path(torch.__file__).parent / "bin" / "ptxas"
+    expected = preset or (
+        str(shipped) if shipped.is_file() and os.access(shipped, os.X_OK) else None
+    )
+    with make_adaptor("inductor") as adaptor:
+        adaptor.initialize_cache(tmp_path / "cache")
+        assert os.environ.get("TRITON_PTXAS_PATH") == expected
+    assert os.environ.get("TRITON_PTXAS_PATH") == preset
+
+
 def test_two_bases_at_once_are_refused(tmp_path: Path) -> None:
     with make_adaptor("inductor") as one, make_adaptor("inductor") as two:
         one.initialize_cache(tmp_path / "a")

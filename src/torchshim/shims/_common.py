@@ -1,9 +1,10 @@
-"""Helpers shared by the shim modules. Only ``torch_source_fingerprint`` and ``torch_source_key``
-import torch (inside the function); the rest is pure Python."""
+"""Helpers shared by the shim modules. Only ``torch_source_fingerprint``, ``torch_source_key`` and
+``torch_ptxas_environment`` import torch (inside the function); the rest is pure Python."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -15,9 +16,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "config_patch_existing",
+    "relocate_triton_groups",
     "source_tree_fingerprint",
     "stable_digest",
     "stable_json",
+    "torch_ptxas_environment",
     "torch_source_fingerprint",
     "torch_source_key",
     "walk_module_file",
@@ -31,6 +34,85 @@ def config_patch_existing(config: Any, values: dict[str, Any]) -> Iterator[None]
     present = {key: val for key, val in values.items() if hasattr(config, key)}
     with config.patch(present):
         yield
+
+
+def torch_ptxas_environment() -> dict[str, str]:
+    """``TRITON_PTXAS_PATH`` naming the ptxas a CUDA build of torch ships (``torch/bin/ptxas``,
+    where it is an executable and the variable is unset); empty otherwise.
+
+    Triton reads ptxas's version once per process and puts it in every kernel's hash. Torch
+    points Triton at its own ptxas only just before it compiles a kernel
+    (``_inductor.runtime.compile_tasks._set_triton_ptxas_path``, 2.5 - 2.15), while its code
+    generation has already read the version, of Triton's bundled ptxas, for each kernel's
+    ``backend_hash``. So a compiling process hashed a kernel with one version and a loading
+    process, which generates no code, with the other: a loading process compiled again every
+    Triton kernel its artifact does not launch directly (H200, torch 2.11: matrix/GPU.md).
+    Setting the variable first, as torch itself later would, gives both the same version."""
+    if os.environ.get("TRITON_PTXAS_PATH") is not None:
+        return {}
+    import torch
+
+    ptxas = os.path.join(os.path.dirname(torch.__file__), "bin", "ptxas")
+    if os.path.isfile(ptxas) and os.access(ptxas, os.X_OK):
+        return {"TRITON_PTXAS_PATH": ptxas}
+    return {}
+
+
+def relocate_triton_groups(directory: str) -> int:
+    """Point the Triton kernel groups under ``directory/triton`` at the directory they are in;
+    returns how many were rewritten.
+
+    Triton's file cache finds a compiled kernel through ``<hash>/__grp__<name>.json``, which
+    names each of the kernel's files by absolute path, and compiles the kernel again when one is
+    missing (``FileCacheManager.get_group``, Triton 3.1 - 3.6). An entry is compiled in a staging
+    directory, published by a rename and loaded from a private copy, so those paths named a
+    directory that no longer existed: a loading process compiled again every kernel the artifact
+    does not launch directly. Torch's bundler rewrites the paths when it writes kernels out, but
+    skips a kernel directory that already exists, as it does in a copied entry. A group whose
+    files all sit beside it is rewritten through a new file and a rename, so that a file linked
+    from the entry is replaced, never changed; its kernel's other ``.json`` files likewise."""
+    root = os.path.join(directory, "triton")
+    try:
+        kernels = os.listdir(root)
+    except OSError:
+        return 0  # no Triton kernels here (a CPU entry)
+    rewritten = 0
+    for kernel in kernels:
+        here = os.path.join(root, kernel)
+        try:
+            names = os.listdir(here)
+        except OSError:
+            continue
+        for name in names:
+            if not (name.startswith("__grp__") and name.endswith(".json")):
+                continue
+            try:
+                with open(os.path.join(here, name), encoding="utf-8") as f:
+                    children = json.load(f)["child_paths"]
+                olds = {os.path.dirname(p) for p in children.values()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a group this knows: Triton compiles that kernel again
+            if olds == {here} or len(olds) != 1:
+                continue
+            if not all(os.path.basename(p) in names for p in children.values()):
+                continue
+            old = olds.pop()
+            for other in names:
+                if other.endswith(".json"):
+                    _replace_in_file(os.path.join(here, other), old, here)
+            rewritten += 1
+    return rewritten
+
+
+def _replace_in_file(path: str, old: str, new: str) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    if old.encode() not in data:
+        return
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "wb") as f:
+        f.write(data.replace(old.encode(), new.encode()))
+    os.replace(temp, path)
 
 
 def walk_module_file(fn: Any, depth: int = 3) -> str | None:

@@ -89,7 +89,8 @@ class ShimModule(Protocol):
 
     def kernel_cache_environment(self, directory: str) -> dict[str, str]:
         """The environment variables that point Inductor's and Triton's caches into
-        ``directory`` (what :meth:`private_kernel_cache` sets)."""
+        ``directory`` (what :meth:`private_kernel_cache` sets), and Triton at torch's own ptxas
+        where torch ships one (see ``_common.torch_ptxas_environment``)."""
         ...
 
     def fx_cache_config(self, persist: bool) -> dict[str, Any]:

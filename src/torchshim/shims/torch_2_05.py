@@ -15,8 +15,10 @@ from typing import Any
 from torchshim._patching import patch_attr, patch_environ
 from torchshim.shims._common import (
     config_patch_existing,
+    relocate_triton_groups,
     stable_digest,
     stable_json,
+    torch_ptxas_environment,
     torch_source_fingerprint,
     torch_source_key,
 )
@@ -226,6 +228,7 @@ def kernel_cache_environment(directory: str) -> dict[str, str]:
     return {
         "TORCHINDUCTOR_CACHE_DIR": os.path.join(directory, "inductor"),
         "TRITON_CACHE_DIR": os.path.join(directory, "triton"),
+        **torch_ptxas_environment(),
     }
 
 
@@ -281,6 +284,7 @@ def private_kernel_cache(directory: str) -> Iterator[None]:
     from torch._inductor.utils import clear_inductor_caches
 
     clear_inductor_caches()
+    relocate_triton_groups(directory)  # an entry's copy: its kernels' groups named the original
     try:
         with patch_environ(kernel_cache_environment(directory)):
             yield

@@ -315,10 +315,11 @@ def _run_demo_and_report(
             ),
         )
     first, second = ("first", "second") if first_warm else ("cold", "warm")
+    width = max(42, *(len(row[0]) for row in rows))  # every label fits its column
     print()
-    print(f"{'':42} {first:>12} {second:>12}")
+    print(f"{'':{width}} {first:>12} {second:>12}")
     for name, a, b in rows:
-        print(f"{name:42} {_cell(a)} {_cell(b)}")
+        print(f"{name:{width}} {_cell(a)} {_cell(b)}")
     if eager:
         print(
             "eager compiles and stores nothing: a warm start traces again with Dynamo and runs "
@@ -329,7 +330,7 @@ def _run_demo_and_report(
         print("both starts were warm (the cache held this demo's entries): no speed-up to show")
     else:
         speedup = cold["start_to_ready_s"] / max(warm["start_to_ready_s"], 1e-9)
-        print(f"{'warm start speed-up over cold':42} {speedup:11.1f}x")
+        print(f"{'warm start speed-up over cold':{width}} {speedup:11.1f}x")
     if json_out is not None:
         try:
             json_out.write_text(json.dumps({"cold": cold, "warm": warm}, indent=1))

@@ -105,14 +105,21 @@ def relocate_triton_groups(directory: str) -> int:
 
 
 def _replace_in_file(path: str, old: str, new: str) -> None:
-    with open(path, "rb") as f:
-        data = f.read()
-    if old.encode() not in data:
-        return
+    """Never raises: a file that cannot be rewritten is left as it is (Triton then compiles its
+    kernel again, as before)."""
     temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "wb") as f:
-        f.write(data.replace(old.encode(), new.encode()))
-    os.replace(temp, path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if old.encode() not in data:
+            return
+        with open(temp, "wb") as f:
+            f.write(data.replace(old.encode(), new.encode()))
+        os.replace(temp, path)
+    except OSError as exc:
+        log.debug("could not point %s at its directory: %s", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 def walk_module_file(fn: Any, depth: int = 3) -> str | None:

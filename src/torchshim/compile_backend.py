@@ -35,6 +35,7 @@ from torchshim.adaptors import (
 )
 from torchshim.adaptors.graphs import batch_dims, mutated_inputs
 from torchshim.adaptors.handles import RuntimeShape, check_runtime_shape, shape_label
+from torchshim.adaptors.tuning import save_after_first_calls
 from torchshim.cache import CacheStore, default_cache_dir, remote_from_environment
 from torchshim.errors import CacheLockTimeout, ConfigError, LoadError
 from torchshim.options import BackendOptions, options_from
@@ -230,6 +231,11 @@ class Backend:
                     variants[shape] = fn
             if adaptor.store is not None:
                 self.stats.verify_seconds += adaptor.store.verify_seconds
+            # on CUDA the kernels tune at their first call, in the directories they were loaded
+            # from: kept until then, the results added to the entries (adaptors/tuning.py)
+            pending = adaptor.detach_tuning() if _on_cuda(example_inputs) else None
+        if pending is not None:
+            variants = save_after_first_calls(variants, pending)
         layout = self._layout(gm, example_inputs, described.batch_symbol, position)
         variants = self._graph_variants(index, variants, layout, example_inputs)
         self.stats.graphs += 1
@@ -516,6 +522,12 @@ def backend(
     ``backend(BackendOptions(...))``; the settings are those of
     :class:`~torchshim.options.BackendOptions`."""
     return Backend(options, **settings)
+
+
+def _on_cuda(example_inputs: Sequence[Any]) -> bool:
+    import torch
+
+    return any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in example_inputs)
 
 
 @contextlib.contextmanager

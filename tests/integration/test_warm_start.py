@@ -101,6 +101,9 @@ def test_a_warm_process_traces_and_compiles_nothing(
     assert cold["same"] and cold["compiled"] >= 1 and cold["frames"] >= 1
     result, log = _run(model_dir, cache)
     assert result["same"] and result["compiled"] == 0 and result["loaded"] == cold["compiled"]
+    # nothing tuned either (CUDA: the kernels' tuning results, written at the cold process's
+    # first calls, were added to the entries)
+    assert result["tunings"] == 0, (cold["tunings"], result["tunings"])
     assert result["refused_same"]  # another sequence length: traced, and right
     assert result["changed_same"]  # a constant the trace read, changed: traced, and right
     if SAVES_TRACES:
@@ -114,6 +117,21 @@ def test_a_warm_process_traces_and_compiles_nothing(
         assert not result["compiler_imported"], result
     if not SAVES_TRACES:  # traced as torch.compile does: the same two frames, no compile
         assert not result["trace_loaded"] and result["frames"] == cold["frames"]
+
+
+@pytest.mark.xfail(
+    not DIRECT and os.environ.get("TORCHSHIM_TEST_DEVICE") == "cuda",
+    strict=True,
+    reason="on the H200 one staging or checkout directory per process stayed in tmp/ after "
+    "exit (matrix/GPU.md, 'Kernel tuning results'); not diagnosed yet",
+)
+@pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
+def test_processes_leave_nothing_in_the_cache_tmp(
+    warm: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    model_dir, cache, _cold = warm
+    _run(model_dir, cache)
+    assert not list((cache / "rank_0" / "tmp").iterdir())
 
 
 FACTORS = [

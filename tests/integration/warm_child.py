@@ -44,6 +44,7 @@ def main() -> None:
     config = dict([args.config.split("=")]) if args.config else {}
     config = {k: v == "True" for k, v in config.items()}
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    tunings = _count_tunings()
     fast = torchshim.compile(model, args.cache_dir, compile_sizes=sizes, compiler_config=config)
     same = True
     with torch.no_grad():
@@ -78,9 +79,28 @@ def main() -> None:
                 "refused_same": refused_same,
                 "changed_same": changed_same,
                 "phases": stats["phases"],
+                "tunings": tunings[0],
             }
         )
     )
+
+
+def _count_tunings() -> list[int]:
+    """A counter of the Triton kernels tuned at their first call in this process (Inductor's
+    ``CachingAutotuner.benchmark_all_configs``, 2.5 - 2.15; never called on CPU)."""
+    count = [0]
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except ImportError:  # no Triton
+        return count
+    original = CachingAutotuner.benchmark_all_configs
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        count[0] += 1
+        return original(self, *args, **kwargs)
+
+    CachingAutotuner.benchmark_all_configs = counted  # type: ignore[method-assign]
+    return count
 
 
 if __name__ == "__main__":

@@ -237,3 +237,67 @@ def test_backend_directories_are_read_per_rank(tmp_path: Path) -> None:
     for rank in (0, 1):
         make_entry(CacheStore(tmp_path / f"rank_{rank}"))
     assert [s.root.name for s in _stores(str(tmp_path))] == ["rank_0", "rank_1"]
+
+
+TUNED = "inductor/zz/" + "c" * 64 + ".best_config"
+
+
+def _tuning_file(directory: Path, data: bytes = b'{"XBLOCK": 128, "num_warps": 4}') -> None:
+    (directory / TUNED).parent.mkdir(parents=True, exist_ok=True)
+    (directory / TUNED).write_bytes(data)
+
+
+def test_a_kept_staging_directory_outlives_the_publish_until_close(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c")
+    with store.writer("ab" * 16, "key text") as writer:
+        (writer.path / "payload.bin").write_bytes(b"p" * 100)
+        writer.keep = True
+        writer.commit(BUILD)
+    assert (store.entry_dir("ab" * 16) / "payload.bin").read_bytes() == b"p" * 100
+    assert (writer.path / "payload.bin").is_file()  # what the compile's kernels run from
+    store.close()
+    assert not writer.path.exists()
+    assert not list((store.root / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_amend_adds_new_files_and_never_changes_listed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signed: bool
+) -> None:
+    if signed:
+        monkeypatch.setenv("TORCHSHIM_CACHE_KEY", "operator secret")
+    store = CacheStore(tmp_path / "c")
+    entry = make_entry(store)
+    before = json.loads((entry / "manifest.json").read_text())
+    source = tmp_path / "live"
+    _tuning_file(source)
+    for rel in FILES:  # the same names with other bytes: never written over
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(b"changed")
+    (source / "big.best_config").write_bytes(b"x" * ((1 << 20) + 1))
+    names = [TUNED, *FILES, "../escape", "manifest.json", "big.best_config", "absent.best_config"]
+    assert store.amend("ab" * 16, source, names) == 1
+    after = json.loads((entry / "manifest.json").read_text())
+    assert set(after["files"]) == {*FILES, TUNED}
+    assert {rel: after["files"][rel] for rel in FILES} == before["files"]
+    assert ("signature" in after) == signed
+    for rel, data in FILES.items():
+        assert (entry / rel).read_bytes() == data
+    copy = store.checkout("ab" * 16, BUILD)  # verifies every file, the new one included
+    assert copy is not None and (copy / TUNED).read_bytes() == (source / TUNED).read_bytes()
+    assert store.amend("ab" * 16, source, [TUNED]) == 0  # listed now
+    assert store.counters["amended"] == 1
+    store.close()
+
+
+def test_amend_leaves_a_missing_or_bad_entry_as_it_is(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "c")
+    source = tmp_path / "live"
+    _tuning_file(source)
+    assert store.amend("cd" * 16, source, [TUNED]) == 0  # no such entry
+    entry = make_entry(store)
+    (entry / "manifest.json").write_text("{")  # a bad manifest: not rewritten
+    assert store.amend("ab" * 16, source, [TUNED]) == 0
+    assert (entry / "manifest.json").read_text() == "{"
+    assert not (entry / TUNED).exists()
+    store.close()

@@ -28,6 +28,7 @@ from torchshim.adaptors.handles import (
     handle_from_json,
 )
 from torchshim.adaptors.machine import machine_probes, torch_source_key, warm_up
+from torchshim.adaptors.tuning import PendingTuning
 from torchshim.cache import CacheStore, TieredStore, remote_from_environment
 from torchshim.errors import (
     AdaptorConfigError,
@@ -149,6 +150,16 @@ class CompilerInterface(abc.ABC):
         """Whether compiles are stored (a trusted, writable cache, caching not disabled)."""
         store = self.store
         return store is not None and store.enabled and store.writable and not self.disable_cache
+
+    def save_tuning(self) -> int:
+        """Store the kernel tuning results the graphs' first calls wrote; the number of files
+        (nothing to store here: see :class:`~torchshim.adaptors.stored.StoredCompiler`)."""
+        return 0
+
+    def detach_tuning(self) -> PendingTuning | None:
+        """The directories whose tuning results are still to come, kept after :meth:`close`
+        (``None`` here: see :class:`~torchshim.adaptors.stored.StoredCompiler`)."""
+        return None
 
     def close(self) -> None:
         """Give back the process-wide state this adaptor changed (environment variables) and the

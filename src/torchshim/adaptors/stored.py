@@ -22,6 +22,7 @@ from torchshim.adaptors.handles import (
     check_runtime_shape,
     shape_label,
 )
+from torchshim.adaptors.tuning import LiveDirectories, PendingTuning
 from torchshim.errors import (
     AdaptorConfigError,
     ArtifactMissingError,
@@ -72,6 +73,36 @@ class StoredCompiler(CompilerInterface):
     Subclasses provide :meth:`_compile` and :meth:`_load`."""
 
     handle_type: ClassVar[type[Handle]] = Handle
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: the directories this adaptor's graphs run from (see :mod:`torchshim.adaptors.tuning`)
+        self._live = LiveDirectories()
+
+    def save_tuning(self) -> int:
+        """Add the kernel tuning results that the first calls of the graphs this adaptor
+        compiled or loaded wrote (CUDA: Inductor tunes a kernel with several candidate
+        configurations at its first call) to their cache entries, so that a later process loads
+        the winners instead of tuning again. :meth:`close` does it too; the number of files
+        added."""
+        return self._live.save(self.store)
+
+    def detach_tuning(self) -> PendingTuning | None:
+        """Keep the directories this adaptor's graphs run from after :meth:`close`, in a
+        :class:`~torchshim.adaptors.tuning.PendingTuning` whose ``save`` adds their tuning
+        results to the entries and whose ``close`` (at process exit at the latest) removes
+        them; ``None`` when there are none."""
+        store = self.store
+        if store is None or not self._live:
+            return None
+        items = [item for item in self._live.take() if store.detach(item.path)]
+        return PendingTuning(store.root, items) if items else None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # never fails a close: the entries stay as they are
+            self.save_tuning()
+        self._live.take()
+        super().close()
 
     def _entry_meta(self, handle: Handle, key: str) -> dict[str, Any]:
         return {
@@ -300,6 +331,7 @@ class StoredCompiler(CompilerInterface):
                 entry=entry,
                 **fields,
             )
+            writer.keep = True  # the graph's kernels run from there (see save_tuning)
             try:
                 writer.commit(self._entry_meta(handle, text_key))
             except (OSError, CacheDirError) as exc:  # a full disk, a stray file in the way
@@ -312,6 +344,7 @@ class StoredCompiler(CompilerInterface):
                     exc,
                 )
                 return fn, None
+            self._live.add(entry, writer.path)  # its kernels were loaded from there
         return fn, handle
 
     def load(
@@ -331,6 +364,7 @@ class StoredCompiler(CompilerInterface):
             result: CompiledCallable = graph
             return result
         workdir = self._checkout(checked, graph_index)
+        self._live.add(str(getattr(checked, "entry", "")), workdir)
         self._replay_guards(checked, graph, example_inputs, graph_index)
         with self.machine_probes():
             return self._load(checked, workdir, graph, example_inputs, graph_index)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -23,6 +24,7 @@ __all__ = [
     "file_lock",
     "fsync_dir",
     "fsync_tree",
+    "link_tree",
     "make_dir_at",
     "open_dir",
     "open_relative",
@@ -116,6 +118,27 @@ def tree_files(root: Path) -> Iterator[Path]:
             path = Path(dirpath) / name
             if path.is_file() and not path.is_symlink():
                 yield path
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """A copy of the directory tree ``source`` at ``target`` (created, private) whose files are
+    hard links to those of ``source`` (copies where the file system refuses a link). Only
+    directories and regular files are taken; symbolic links are neither followed nor copied."""
+    os.mkdir(target, 0o700)
+    for dirpath, dirnames, filenames in os.walk(source):
+        here = Path(dirpath)
+        there = target / here.relative_to(source)
+        for name in dirnames:
+            if not (here / name).is_symlink():
+                (there / name).mkdir(mode=0o700)
+        for name in filenames:
+            path = here / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            try:
+                os.link(path, there / name, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(path, there / name, follow_symlinks=False)
 
 
 def fsync_tree(root: Path) -> None:

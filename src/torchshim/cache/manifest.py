@@ -22,6 +22,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "STORE_FORMAT",
     "UNSIGNED",
+    "bad_path",
     "build",
     "is_signature_problem",
     "parse",
@@ -76,7 +77,8 @@ def build(
     return manifest
 
 
-def _bad_path(rel: object) -> bool:
+def bad_path(rel: object) -> bool:
+    """Whether ``rel`` cannot be a file of an entry (empty, absolute, escaping it, the manifest)."""
     if not isinstance(rel, str) or not rel or rel == MANIFEST or "\x00" in rel:
         return True
     path = PurePosixPath(rel)
@@ -84,7 +86,7 @@ def _bad_path(rel: object) -> bool:
 
 
 def _file_problem(rel: str, record: object) -> str | None:
-    if _bad_path(rel):
+    if bad_path(rel):
         return f"its manifest names a path outside the entry ({rel!r})"
     if not isinstance(record, dict):
         return f"its manifest has no record for {rel}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import stat
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,14 @@ from torchshim.cache.files import (
     LockTimeout,
     UnsafePath,
     atomic_write,
+    atomic_write_at,
     copy_entry_files,
     file_lock,
     fsync_tree,
+    link_tree,
     make_dir_at,
     read_file_at,
+    read_limited,
     remove_tree_at,
     sha256_file,
     tree_files,
@@ -71,6 +75,10 @@ log = logging.getLogger(__name__)
 USE_TIME_GRANULARITY_S = 3600.0
 #: The "problem" of an entry that is not there: a plain miss.
 MISSING = "it is missing"
+#: The largest file :meth:`CacheStore.amend` adds (tuning results are a few hundred bytes).
+AMEND_FILE_BYTES = 1 << 20
+#: How long :meth:`CacheStore.amend` waits for the entry's lock before leaving it as it is.
+AMEND_LOCK_WAIT_S = 2.0
 #: ``stats.jsonl`` is folded into one line per event when it grows past this.
 STATS_COMPACT_BYTES = 256 << 10
 
@@ -110,6 +118,10 @@ class EntryWriter:
     key: str
     committed: bool = False
     kept_existing: bool = False
+    #: keep :attr:`path` after the commit, until the store closes (the compiling process's
+    #: kernels were loaded from it and write their tuning results there: see
+    #: :meth:`CacheStore.amend`); otherwise it is what gets published
+    keep: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
     def commit(self, meta: Mapping[str, Any]) -> Path:
@@ -226,8 +238,10 @@ class CacheStore(StoreDirectory):
         try:
             yield writer
         finally:
-            leases.release(staging)
-            if not writer.committed:
+            if writer.committed and writer.keep:
+                self._checkouts.append(staging)  # leased until close, like a checkout
+            else:
+                leases.release(staging)
                 shutil.rmtree(staging, ignore_errors=True)
 
     def publish(self, writer: EntryWriter) -> Path:
@@ -244,7 +258,12 @@ class CacheStore(StoreDirectory):
         atomic_write(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
         if self.shared:
             source = self._copy_into_store(staging, list(files))
-            shutil.rmtree(staging, ignore_errors=True)
+            if not writer.keep:
+                shutil.rmtree(staging, ignore_errors=True)
+        elif writer.keep:  # a linked copy in tmp/ is renamed into place
+            source = f"publish-{uuid.uuid4().hex}"
+            link_tree(staging, self.root / "tmp" / source)
+            fsync_tree(self.root / "tmp" / source)
         else:
             source = staging.name  # already in tmp/
         try:
@@ -451,6 +470,65 @@ class CacheStore(StoreDirectory):
         self.touch(entry_id)
         return scratch
 
+    def amend(self, entry_id: str, source: Path, names: Sequence[str]) -> int:
+        """Add to a published entry the files ``names`` (paths relative to ``source``, at most
+        :data:`AMEND_FILE_BYTES` each) that it does not list yet: each is written beside the
+        entry's files, then a new manifest (signed where a key is set) that lists them replaces
+        the old one. A file the entry lists is never changed (a reader may be verifying it). The
+        number of files added; 0 when there is nothing new, or the entry is gone, bad, busy or
+        not this process's to change (that is never an error: the entry stays as it was)."""
+        if not self.writable or not names:
+            return 0
+        added: dict[str, dict[str, Any]] = {}
+        try:
+            # the local lock only (a tiered store's lock would also take a remote lease)
+            with (
+                CacheStore.lock(self, entry_id, timeout=AMEND_LOCK_WAIT_S),
+                self._opened(*self._entry_parts(entry_id)) as fd,
+            ):
+                if fd is None:
+                    return 0
+                manifest, _problem = self._manifest_at(fd, entry_id, {}, None)
+                if manifest is None:
+                    return 0
+                for rel in names:
+                    if rel in manifest["files"] or manifests.bad_path(rel):
+                        continue
+                    try:
+                        data = _read_small(source / rel, AMEND_FILE_BYTES)
+                    except OSError:  # gone, not a plain file, too large: not added
+                        continue
+                    *parents, name = rel.split("/")
+                    self._write_in_entry(fd, parents, name, data)
+                    digest = hashlib.sha256(data).hexdigest()
+                    added[rel] = {"sha256": digest, "size": len(data)}
+                if not added:
+                    return 0
+                files = {**manifest["files"], **added}
+                meta, key = manifest["meta"], manifest["key"]
+                new = manifests.build(entry_id, key, meta, files, self.key)
+                text = json.dumps(new, indent=1, sort_keys=True).encode()
+                atomic_write_at(fd, MANIFEST, text, self.file_mode)
+        except (OSError, CacheDirError, CacheLockTimeout) as exc:
+            log.debug(
+                "torchshim: could not add %d file(s) to entry %s: %s", len(names), entry_id, exc
+            )
+            return 0
+        self.count("amended", entry_id)
+        return len(added)
+
+    def _write_in_entry(self, fd: int, parents: list[str], name: str, data: bytes) -> None:
+        opened: list[int] = []
+        current = fd
+        try:
+            for part in parents:
+                current = make_dir_at(current, part, self.dir_mode)
+                opened.append(current)
+            atomic_write_at(current, name, data, self.file_mode)
+        finally:
+            for held in reversed(opened):
+                os.close(held)
+
     def touch(self, entry_id: str) -> None:
         """Refresh the entry's last-use time, at most once per hour (cheap LRU for prune)."""
         if not self.writable:
@@ -520,6 +598,15 @@ class CacheStore(StoreDirectory):
         return self.root / "quarantine" / name
 
     # -- housekeeping --------------------------------------------------------------------------
+    def detach(self, path: Path) -> bool:
+        """Hand one of this process's private directories (a checkout, a published entry's
+        staging directory) to the caller, who then releases its lease and removes it: it
+        outlives :meth:`close`. ``False`` when it is not one of them."""
+        if path not in self._checkouts:
+            return False
+        self._checkouts.remove(path)
+        return True
+
     def close(self) -> None:
         """Remove this process's checkouts (the modules loaded from them stay loaded)."""
         for path in self._checkouts:
@@ -577,6 +664,18 @@ class CacheStore(StoreDirectory):
 
 
 _open_stores: list[CacheStore] = []
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (not followed through a link), at most ``limit``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise OSError(errno.EINVAL, f"{path} is not a plain file of at most {limit} bytes")
+        return read_limited(fd, limit)
+    finally:
+        os.close(fd)
 
 
 @atexit.register

@@ -124,6 +124,11 @@ class ShimModule(Protocol):
         ``None``."""
         ...
 
+    def tuning_result_files(self, directory: str) -> list[str]:
+        """The kernel tuning results Inductor wrote under ``directory`` (a graph's kernel cache:
+        see :meth:`private_kernel_cache`) at its kernels' first calls, as relative paths."""
+        ...
+
     def private_kernel_cache(self, directory: str) -> AbstractContextManager[None]:
         """Inductor's and Triton's caches in ``directory`` (``inductor/``, ``triton/``) for the
         block, with Inductor's in-memory code caches cleared, so that a compile writes, and a load

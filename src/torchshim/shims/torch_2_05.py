@@ -43,6 +43,7 @@ from torchshim.shims._shape_env import (
     install_guards,
     isolated_inputs,
 )
+from torchshim.shims._tuning import tuning_result_files
 
 __all__ = [
     "CAPABILITIES",
@@ -100,6 +101,7 @@ __all__ = [
     "torch_source_fingerprint",
     "torch_source_key",
     "tunes_at_load",
+    "tuning_result_files",
     "warm_up_cpu",
 ]
 
@@ -367,15 +369,12 @@ def graph_returns_tuple(graph: Any) -> bool:
 
 
 def artifact_config() -> dict[str, Any]:
-    import torch._inductor.config as inductor_config
-
-    # autotune_local_cache (torch 2.5 - 2.15): runtime autotuning of a kernel with several configs
-    # stores its result beside the kernel's source, keyed by the absolute path the kernel had when
-    # it was compiled, so every process that loads the graph writes into the compiling process's
-    # (moved, or temporary) directory. Off in stored compiles: nothing is written at run time.
-    # Upstream: pytorch/pytorch#181292.
-    wanted = {"autotune_local_cache": False}
-    return {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}
+    # Nothing: a kernel tuned at its first call (autotune_local_cache, on by default, 2.5 - 2.15)
+    # writes its result beside the kernel, in the directory the graph runs from; the adaptors keep
+    # that directory until the first calls and add the results to the entry (adaptors/tuning.py),
+    # and a loaded graph's pickled kernels are pointed there (2.8+, private_kernel_cache).
+    # Upstream: pytorch/pytorch#181292 (the pickled kernels keep the compiling process's paths).
+    return {}
 
 
 def cuda_graph_pool() -> Any:

@@ -8,11 +8,13 @@ What changed from 2.6/2.7: ``AOTAutogradCache`` inherits ``_get_shape_env`` from
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torchshim._patching import patch_attr
 from torchshim.shims import torch_2_06 as _base
+from torchshim.shims._tuning import static_autotuners_relocated
 from torchshim.shims.torch_2_05 import AlwaysHitShapeEnv, _fx_graph_cache
 from torchshim.shims.torch_2_06 import *  # noqa: F403  (everything that did not change)
 
@@ -31,6 +33,7 @@ PATCH_TARGETS: tuple[str, ...] = (
     *_base.PATCH_TARGETS,
     "torch._functorch._aot_autograd.autograd_cache.AOTAutogradCache._get_shape_env",
     "torch._functorch._aot_autograd.autograd_cache.check_node_safe",
+    "torch._inductor.triton_bundler.TritonBundler.load_autotuners",
 )
 
 
@@ -53,6 +56,17 @@ def _shape_env_patches(stand_in: Any) -> Iterator[None]:
 
 def shape_env_stand_in() -> contextlib.AbstractContextManager[None]:
     return _shape_env_patches(AlwaysHitShapeEnv())
+
+
+@contextlib.contextmanager
+def private_kernel_cache(directory: str) -> Iterator[None]:
+    # torch >= 2.8: a loaded graph's statically launched kernels come back pickled with the
+    # compiling process's paths; they find (and save) their tuning results here instead
+    with (
+        _base.private_kernel_cache(directory),
+        static_autotuners_relocated(os.path.join(directory, "inductor")),
+    ):
+        yield
 
 
 def _node_is_safe(node: Any) -> None:

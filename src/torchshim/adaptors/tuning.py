@@ -44,8 +44,8 @@ class _Live:
 class LiveDirectories:
     """The directories one adaptor's graphs run from, by entry."""
 
-    def __init__(self) -> None:
-        self._items: list[_Live] = []
+    def __init__(self, items: list[_Live] | None = None) -> None:
+        self._items: list[_Live] = items or []
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -88,8 +88,7 @@ class PendingTuning:
 
     def __init__(self, root: Path, items: list[_Live]) -> None:
         self.root = root
-        self._live = LiveDirectories()
-        self._live._items = items
+        self._live = LiveDirectories(items)
         self._lock = threading.Lock()
         with PendingTuning._guard:
             PendingTuning._open.add(self)

@@ -28,6 +28,7 @@ __all__ = [
     "make_dir_at",
     "open_dir",
     "open_relative",
+    "parents_at",
     "read_file_at",
     "read_limited",
     "remove_tree_at",
@@ -83,6 +84,23 @@ def atomic_write_at(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> N
         os.fsync(dir_fd)
 
 
+@contextlib.contextmanager
+def parents_at(dir_fd: int, rel: str, mode: int) -> Iterator[tuple[int, str]]:
+    """``(descriptor of rel's directory, rel's file name)``: the directories of ``rel`` under
+    ``dir_fd`` created (or found) one :func:`make_dir_at` at a time, closed after the block."""
+    *parents, name = rel.split("/")
+    opened: list[int] = []
+    current = dir_fd
+    try:
+        for part in parents:
+            current = make_dir_at(current, part, mode)
+            opened.append(current)
+        yield current, name
+    finally:
+        for held in reversed(opened):
+            os.close(held)
+
+
 def make_dir_at(dir_fd: int, name: str, mode: int) -> int:
     """Create directory ``name`` under ``dir_fd`` (or find it) and give it ``mode`` through a
     descriptor opened without following links; the descriptor (the caller closes it). A link or
@@ -122,15 +140,18 @@ def tree_files(root: Path) -> Iterator[Path]:
 
 def link_tree(source: Path, target: Path) -> None:
     """A copy of the directory tree ``source`` at ``target`` (created, private) whose files are
-    hard links to those of ``source`` (copies where the file system refuses a link). Only
+    hard links to those of ``source`` (copies where the file system refuses a link), its
+    directories synced (the files' data is ``source``'s, synced already by the caller). Only
     directories and regular files are taken; symbolic links are neither followed nor copied."""
     os.mkdir(target, 0o700)
+    made = [target]
     for dirpath, dirnames, filenames in os.walk(source):
         here = Path(dirpath)
         there = target / here.relative_to(source)
         for name in dirnames:
             if not (here / name).is_symlink():
                 (there / name).mkdir(mode=0o700)
+                made.append(there / name)
         for name in filenames:
             path = here / name
             if path.is_symlink() or not path.is_file():
@@ -139,6 +160,8 @@ def link_tree(source: Path, target: Path) -> None:
                 os.link(path, there / name, follow_symlinks=False)
             except OSError:
                 shutil.copy2(path, there / name, follow_symlinks=False)
+    for directory in made:
+        fsync_dir(directory)
 
 
 def fsync_tree(root: Path) -> None:

@@ -15,7 +15,8 @@ and its manifest (SHA-256 and size of every file, see ``manifest``) are on disk:
 whole entry or none, also after a process was killed at any point of a save. A reader copies an
 entry's files into a private checkout while hashing them and uses the copy only when every hash
 matches, so what is imported is exactly what was verified. A bad entry is a miss: one warning, a
-counter, the entry moved to ``quarantine/`` (``TORCHSHIM_STRICT=1`` raises instead).
+counter, the entry moved to ``quarantine/`` (``TORCHSHIM_STRICT=1`` raises instead). A published
+entry's files never change; ``amend`` may add new ones under a new manifest (see ``amend``).
 
 Every path inside the store is opened relative to a verified descriptor of its root, never
 through a symbolic link, and every file is checked for type and size before it is read (see
@@ -30,7 +31,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -52,14 +52,13 @@ from torchshim.cache.files import (
     LockTimeout,
     UnsafePath,
     atomic_write,
-    atomic_write_at,
     copy_entry_files,
     file_lock,
     fsync_tree,
     link_tree,
     make_dir_at,
+    parents_at,
     read_file_at,
-    read_limited,
     remove_tree_at,
     sha256_file,
     tree_files,
@@ -75,10 +74,6 @@ log = logging.getLogger(__name__)
 USE_TIME_GRANULARITY_S = 3600.0
 #: The "problem" of an entry that is not there: a plain miss.
 MISSING = "it is missing"
-#: The largest file :meth:`CacheStore.amend` adds (tuning results are a few hundred bytes).
-AMEND_FILE_BYTES = 1 << 20
-#: How long :meth:`CacheStore.amend` waits for the entry's lock before leaving it as it is.
-AMEND_LOCK_WAIT_S = 2.0
 #: ``stats.jsonl`` is folded into one line per event when it grows past this.
 STATS_COMPACT_BYTES = 256 << 10
 
@@ -118,9 +113,8 @@ class EntryWriter:
     key: str
     committed: bool = False
     kept_existing: bool = False
-    #: keep :attr:`path` after the commit, until the store closes (the compiling process's
-    #: kernels were loaded from it and write their tuning results there: see
-    #: :meth:`CacheStore.amend`); otherwise it is what gets published
+    #: keep :attr:`path` until the store closes (the compiled kernels run from there and write
+    #: their tuning results there: :meth:`CacheStore.amend`); else it is what gets published
     keep: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -263,7 +257,6 @@ class CacheStore(StoreDirectory):
         elif writer.keep:  # a linked copy in tmp/ is renamed into place
             source = f"publish-{uuid.uuid4().hex}"
             link_tree(staging, self.root / "tmp" / source)
-            fsync_tree(self.root / "tmp" / source)
         else:
             source = staging.name  # already in tmp/
         try:
@@ -289,15 +282,9 @@ class CacheStore(StoreDirectory):
             leases.hold(self.root / "tmp" / name)
             try:
                 for rel in [*names, MANIFEST]:
-                    parts = rel.split("/")
-                    opened: list[int] = []
-                    current = stage_fd
-                    try:
-                        for part in parts[:-1]:
-                            current = make_dir_at(current, part, self.dir_mode)
-                            opened.append(current)
+                    with parents_at(stage_fd, rel, self.dir_mode) as (parent, file_name):
                         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                        out = os.open(parts[-1], flags, 0o640, dir_fd=current)
+                        out = os.open(file_name, flags, 0o640, dir_fd=parent)
                         try:
                             os.fchmod(out, 0o640)
                             with open(staging / rel, "rb") as source:
@@ -306,9 +293,6 @@ class CacheStore(StoreDirectory):
                             os.fsync(out)
                         finally:
                             os.close(out)
-                    finally:
-                        for fd in reversed(opened):
-                            os.close(fd)
                 os.fchmod(stage_fd, self.dir_mode)
                 os.fsync(stage_fd)
             finally:
@@ -471,63 +455,11 @@ class CacheStore(StoreDirectory):
         return scratch
 
     def amend(self, entry_id: str, source: Path, names: Sequence[str]) -> int:
-        """Add to a published entry the files ``names`` (paths relative to ``source``, at most
-        :data:`AMEND_FILE_BYTES` each) that it does not list yet: each is written beside the
-        entry's files, then a new manifest (signed where a key is set) that lists them replaces
-        the old one. A file the entry lists is never changed (a reader may be verifying it). The
-        number of files added; 0 when there is nothing new, or the entry is gone, bad, busy or
-        not this process's to change (that is never an error: the entry stays as it was)."""
-        if not self.writable or not names:
-            return 0
-        added: dict[str, dict[str, Any]] = {}
-        try:
-            # the local lock only (a tiered store's lock would also take a remote lease)
-            with (
-                CacheStore.lock(self, entry_id, timeout=AMEND_LOCK_WAIT_S),
-                self._opened(*self._entry_parts(entry_id)) as fd,
-            ):
-                if fd is None:
-                    return 0
-                manifest, _problem = self._manifest_at(fd, entry_id, {}, None)
-                if manifest is None:
-                    return 0
-                for rel in names:
-                    if rel in manifest["files"] or manifests.bad_path(rel):
-                        continue
-                    try:
-                        data = _read_small(source / rel, AMEND_FILE_BYTES)
-                    except OSError:  # gone, not a plain file, too large: not added
-                        continue
-                    *parents, name = rel.split("/")
-                    self._write_in_entry(fd, parents, name, data)
-                    digest = hashlib.sha256(data).hexdigest()
-                    added[rel] = {"sha256": digest, "size": len(data)}
-                if not added:
-                    return 0
-                files = {**manifest["files"], **added}
-                meta, key = manifest["meta"], manifest["key"]
-                new = manifests.build(entry_id, key, meta, files, self.key)
-                text = json.dumps(new, indent=1, sort_keys=True).encode()
-                atomic_write_at(fd, MANIFEST, text, self.file_mode)
-        except (OSError, CacheDirError, CacheLockTimeout) as exc:
-            log.debug(
-                "torchshim: could not add %d file(s) to entry %s: %s", len(names), entry_id, exc
-            )
-            return 0
-        self.count("amended", entry_id)
-        return len(added)
+        """Add the files ``names`` (relative to ``source``) the entry does not list yet, with a
+        new manifest; the number added, 0 (never an error) when none (see :mod:`.amend`)."""
+        from torchshim.cache.amend import amend_entry
 
-    def _write_in_entry(self, fd: int, parents: list[str], name: str, data: bytes) -> None:
-        opened: list[int] = []
-        current = fd
-        try:
-            for part in parents:
-                current = make_dir_at(current, part, self.dir_mode)
-                opened.append(current)
-            atomic_write_at(current, name, data, self.file_mode)
-        finally:
-            for held in reversed(opened):
-                os.close(held)
+        return amend_entry(self, entry_id, source, names)
 
     def touch(self, entry_id: str) -> None:
         """Refresh the entry's last-use time, at most once per hour (cheap LRU for prune)."""
@@ -599,9 +531,8 @@ class CacheStore(StoreDirectory):
 
     # -- housekeeping --------------------------------------------------------------------------
     def detach(self, path: Path) -> bool:
-        """Hand one of this process's private directories (a checkout, a published entry's
-        staging directory) to the caller, who then releases its lease and removes it: it
-        outlives :meth:`close`. ``False`` when it is not one of them."""
+        """Hand a checkout or kept staging directory to the caller (who releases its lease and
+        removes it): it outlives :meth:`close`. ``False`` when it is not one of them."""
         if path not in self._checkouts:
             return False
         self._checkouts.remove(path)
@@ -664,18 +595,6 @@ class CacheStore(StoreDirectory):
 
 
 _open_stores: list[CacheStore] = []
-
-
-def _read_small(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file ``path`` (not followed through a link), at most ``limit``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            raise OSError(errno.EINVAL, f"{path} is not a plain file of at most {limit} bytes")
-        return read_limited(fd, limit)
-    finally:
-        os.close(fd)
 
 
 @atexit.register

@@ -119,12 +119,6 @@ def test_a_warm_process_traces_and_compiles_nothing(
         assert not result["trace_loaded"] and result["frames"] == cold["frames"]
 
 
-@pytest.mark.xfail(
-    not DIRECT and os.environ.get("TORCHSHIM_TEST_DEVICE") == "cuda",
-    strict=True,
-    reason="on the H200 one staging or checkout directory per process stayed in tmp/ after "
-    "exit (matrix/GPU.md, 'Kernel tuning results'); not diagnosed yet",
-)
 @pytest.mark.skipif(not (FIRST_OF_SHIM or FULL), reason="once per shim module")
 def test_processes_leave_nothing_in_the_cache_tmp(
     warm: tuple[Path, Path, dict[str, Any]],

@@ -171,6 +171,7 @@ class InductorAdaptor(StoredCompiler):
             # dynamo_timed event raises "No toplevel event active".
             with (
                 shim.private_kernel_cache(str(workdir)),
+                shim.kernels_in_process(),
                 shim.shape_env_stand_in(),
                 shim.remote_caches_off(),
             ):

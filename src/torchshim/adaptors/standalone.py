@@ -207,7 +207,7 @@ class InductorStandaloneAdaptor(StoredCompiler):
             return wrap_artifact(direct, shim.graph_returns_tuple(graph))
         path = workdir / handle.path
         try:
-            with shim.private_kernel_cache(str(workdir)):
+            with shim.private_kernel_cache(str(workdir)), shim.kernels_in_process():
                 artifact = shim.load_compiled_artifact(str(path), handle.artifact_format)
         except Exception as exc:
             raise ArtifactUnreadableError(

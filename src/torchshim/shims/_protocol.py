@@ -135,6 +135,11 @@ class ShimModule(Protocol):
         reads, every file it needs there."""
         ...
 
+    def kernels_in_process(self) -> AbstractContextManager[None]:
+        """Inductor compiles, or finds in its caches, every Triton kernel in this process for the
+        block: a load starts no compile-worker pool (see ``shims/_workers.py``)."""
+        ...
+
     def remote_caches_off(self) -> AbstractContextManager[None]:
         """Turn off every remote cache Inductor and AOTAutograd would consult."""
         ...

@@ -44,6 +44,12 @@ from torchshim.shims._shape_env import (
     isolated_inputs,
 )
 from torchshim.shims._tuning import tuning_result_files
+from torchshim.shims._workers import (
+    POOL_TARGET,
+    environment_before,
+    kernels_in_process,
+    workers_started_outside,
+)
 
 __all__ = [
     "CAPABILITIES",
@@ -78,6 +84,7 @@ __all__ = [
     "install_guards",
     "isolated_inputs",
     "kernel_cache_environment",
+    "kernels_in_process",
     "load_compiled_artifact",
     "load_program",
     "lookup_fx_graph",
@@ -119,6 +126,7 @@ PATCH_TARGETS: tuple[str, ...] = (
     "torch._inductor.codecache.FxGraphCache._get_shape_env",
     "torch._inductor.codecache.FxGraphCache._check_can_cache",
     "torch._inductor.cpu_vec_isa.VecISA.check_build",
+    POOL_TARGET,
 )
 
 
@@ -288,7 +296,12 @@ def private_kernel_cache(directory: str) -> Iterator[None]:
     clear_inductor_caches()
     relocate_triton_groups(directory)  # an entry's copy: its kernels' groups named the original
     try:
-        with patch_environ(kernel_cache_environment(directory)):
+        # Inductor's compile workers, started in the block, would keep the block's directory
+        # (shims/_workers.py)
+        with (
+            workers_started_outside(environment_before()),
+            patch_environ(kernel_cache_environment(directory)),
+        ):
             yield
     finally:
         clear_inductor_caches()

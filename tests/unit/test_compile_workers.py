@@ -1,4 +1,4 @@
-"""Inductor's compile-worker pool and torchshim's private kernel caches (shims/_workers.py).
+"""Inductor's compile-worker pool and torchshim's private kernel caches (shims/_kernel_cache.py).
 
 On the H200 the pool, started during a stored compile, inherited the compile's staging directory
 as its cache directory and created ``<staging>/inductor`` again after the entry was published:

@@ -137,7 +137,7 @@ class ShimModule(Protocol):
 
     def kernels_in_process(self) -> AbstractContextManager[None]:
         """Inductor compiles, or finds in its caches, every Triton kernel in this process for the
-        block: a load starts no compile-worker pool (see ``shims/_workers.py``)."""
+        block: a load starts no compile-worker pool (see ``shims/_kernel_cache.py``)."""
         ...
 
     def remote_caches_off(self) -> AbstractContextManager[None]:

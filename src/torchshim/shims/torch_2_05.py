@@ -12,18 +12,22 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from torchshim._patching import patch_attr, patch_environ
+from torchshim._patching import patch_attr
 from torchshim.shims._common import (
     config_patch_existing,
-    relocate_triton_groups,
     stable_digest,
     stable_json,
-    torch_ptxas_environment,
     torch_source_fingerprint,
     torch_source_key,
 )
 from torchshim.shims._common import walk_module_file as _walk_module_file
 from torchshim.shims._direct import direct_load, plan_direct_load  # 2.8+: supports_direct_cpu_load
+from torchshim.shims._kernel_cache import (
+    POOL_TARGET,
+    kernel_cache_environment,
+    kernels_in_process,
+    private_kernel_cache,
+)
 from torchshim.shims._no_program import (  # torch 2.10+ only (supports_dynamo_program)
     capture_program,
     graph_from_bytes,
@@ -44,12 +48,6 @@ from torchshim.shims._shape_env import (
     isolated_inputs,
 )
 from torchshim.shims._tuning import tuning_result_files
-from torchshim.shims._workers import (
-    POOL_TARGET,
-    environment_before,
-    kernels_in_process,
-    workers_started_outside,
-)
 
 __all__ = [
     "CAPABILITIES",
@@ -233,15 +231,6 @@ def metrics_context() -> Iterator[None]:
     yield
 
 
-def kernel_cache_environment(directory: str) -> dict[str, str]:
-    # Inductor reads TORCHINDUCTOR_CACHE_DIR and Triton TRITON_CACHE_DIR on every use (2.5 - 2.15)
-    return {
-        "TORCHINDUCTOR_CACHE_DIR": os.path.join(directory, "inductor"),
-        "TRITON_CACHE_DIR": os.path.join(directory, "triton"),
-        **torch_ptxas_environment(),
-    }
-
-
 def fx_cache_config(persist: bool) -> dict[str, Any]:
     # fx_graph_cache / force_disable_caches / fx_graph_remote_cache: Inductor config keys on
     # 2.5 - 2.15. A stored compile goes through the (local) FX graph cache so that its entry can
@@ -284,27 +273,6 @@ def check_compiler_config(config: Mapping[str, Any]) -> list[str]:
         elif expected is str and not isinstance(value, str):
             problems.append(f"{name!r} takes a string, got {value!r}")
     return problems
-
-
-@contextlib.contextmanager
-def private_kernel_cache(directory: str) -> Iterator[None]:
-    # Inductor reads TORCHINDUCTOR_CACHE_DIR (and Triton TRITON_CACHE_DIR) on every use, torch
-    # 2.5 - 2.15; its in-memory code caches are dropped on both sides so that everything a compile
-    # needs is written into (and everything a load needs is read from) this directory.
-    from torch._inductor.utils import clear_inductor_caches
-
-    clear_inductor_caches()
-    relocate_triton_groups(directory)  # an entry's copy: its kernels' groups named the original
-    try:
-        # Inductor's compile workers, started in the block, would keep the block's directory
-        # (shims/_workers.py)
-        with (
-            workers_started_outside(environment_before()),
-            patch_environ(kernel_cache_environment(directory)),
-        ):
-            yield
-    finally:
-        clear_inductor_caches()
 
 
 @contextlib.contextmanager
